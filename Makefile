@@ -1,0 +1,29 @@
+# The README's commands. Thin on purpose: logic lives in the package and in .ci/run.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup dev test render plan bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[all]"
+	touch $@
+
+dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster, no GPU
+	$(BIN)/inferplane dev
+
+test: setup  ## every test suite
+	$(BIN)/pytest
+
+render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
+	$(BIN)/inferplane render -f examples/nemotron-ultra.yaml -o rendered/nemotron-ultra
+
+plan: setup
+	$(BIN)/inferplane plan -f examples/nemotron-ultra.yaml
+
+clean:
+	rm -rf $(VENV) rendered .pytest_cache

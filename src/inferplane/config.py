@@ -1,0 +1,438 @@
+"""The one validated deployment config: every entry point (CLI, Pulumi, dev) builds one of these.
+
+A value left out takes a default derived from the catalog (served name, context, tensor-parallel
+size, prices, probe budgets, cache size), so the smallest config is a model, a cloud and a region.
+Every problem is reported with the field it concerns and what to do about it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferplane.catalog import (
+    AcceleratorSpec,
+    ModelSpec,
+    SizingError,
+    SizingReport,
+    get_accelerator,
+    get_model,
+    size,
+    smallest_tensor_parallel_size,
+)
+from inferplane.catalog.accelerators import ACCELERATORS
+from inferplane.catalog.models import MODELS
+from inferplane.catalog.regions import eu_regions_for, is_eu_region, zone_in_region
+
+Cloud = Literal["gke", "eks", "scaleway", "existing", "local"]
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Where the weights come from decides how fast they load: GB/s assumed for the startup budget.
+WEIGHT_LOAD_GB_PER_SECOND = {"pvc": 1.0, "host_path": 2.0, "empty_dir": 0.25}
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which model and how vLLM serves it."""
+
+    name: str = Field("nemotron-ultra-253b", description="catalog key of the model")
+    served_name: str | None = Field(None, description="model id clients send; default: the HF repo")
+    max_model_len: int | None = Field(None, gt=0, description="context tokens; default: the model's")
+    gpu_memory_utilization: float = Field(0.90, ge=0.5, le=0.98)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    max_num_seqs: int | None = Field(None, gt=0, le=4096)
+    min_full_context_sequences: int = Field(1, ge=1, description="refuse configs with fewer")
+    reasoning_default: Literal["on", "off"] | None = Field(
+        None, description="reasoning when a request does not say; default: the model's own"
+    )
+    tool_calling: bool = Field(True, description="add the catalog's tool-calling flags")
+    extra_args: list[str] = Field(default_factory=list, description="more vLLM serve flags")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; use one of: {', '.join(sorted(MODELS))}")
+        return value
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, value: list[str]) -> list[str]:
+        owned = {"--tensor-parallel-size", "-tp", "--max-model-len", "--port", "--host",
+                 "--served-model-name", "--gpu-memory-utilization", "--model"}
+        for arg in value:
+            if arg.split("=", 1)[0] in owned:
+                raise ValueError(
+                    f"{arg!r} is set from other config fields; remove it from model.extra_args "
+                    "and set the matching field (accelerator.tensor_parallel_size, "
+                    "model.max_model_len, model.served_name, model.gpu_memory_utilization)"
+                )
+        return value
+
+
+class AcceleratorConfig(Section):
+    """The GPUs: type from the catalog, how many per node, how many per replica (TP)."""
+
+    type: str = "H100-80G"
+    gpus_per_node: int | None = Field(None, ge=1, le=16, description="default: the catalog's")
+    tensor_parallel_size: int | None = Field(None, description="default: the smallest that fits")
+
+    @field_validator("type")
+    @classmethod
+    def _known_accelerator(cls, value: str) -> str:
+        if value not in ACCELERATORS:
+            raise ValueError(
+                f"unknown accelerator {value!r}; use one of: {', '.join(sorted(ACCELERATORS))}"
+            )
+        return value
+
+
+class ResidencyConfig(Section):
+    """GDPR data residency: on unless switched off here, explicitly."""
+
+    require_eu: bool = True
+
+
+class ImageConfig(Section):
+    """Container images, pinned by tag or digest (never `latest`)."""
+
+    vllm: str = "vllm/vllm-openai:v0.33.0"
+    gateway: str = "ghcr.io/inferplane/inferplane:0.1.0"
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+
+    @field_validator("vllm", "gateway")
+    @classmethod
+    def _pinned(cls, value: str) -> str:
+        if "@sha256:" in value:
+            return value
+        name, _, tag = value.rpartition(":")
+        if not name or "/" in tag:
+            raise ValueError(f"{value!r} has no tag; pin it, e.g. {value}:v0.33.0 or @sha256:<digest>")
+        if tag == "latest":
+            raise ValueError(f"{value!r} floats; pin a version tag or a @sha256: digest")
+        return value
+
+
+class IngressConfig(Section):
+    """The public entry: TLS on a host, with streaming-friendly proxy settings."""
+
+    enabled: bool = True
+    host: str = "inference.example.eu"
+    class_name: str = "nginx"
+    controller_namespace: str = Field("ingress-nginx", description="only it may reach the gateway")
+    tls_secret_name: str | None = Field(None, description="default: <name>-tls")
+    cluster_issuer: str | None = Field("letsencrypt", description="cert-manager ClusterIssuer")
+    body_size_limit_mib: int = Field(16, ge=1, le=1024)
+    read_timeout_seconds: int = Field(3600, ge=30, le=86400)
+
+    @field_validator("host")
+    @classmethod
+    def _dns_host(cls, value: str) -> str:
+        if not DNS_NAME.match(value):
+            raise ValueError(f"{value!r} is not a DNS name; use e.g. llm.example.eu (lower case)")
+        return value
+
+
+class AuthConfig(Section):
+    """API-key auth in the gateway; turning it off is a decision the config must state."""
+
+    enabled: bool = True
+    keys_secret_name: str | None = Field(None, description="default: <name>-api-keys")
+
+
+class MeteringConfig(Section):
+    """Prices per million tokens; default: the catalog's for the model."""
+
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    input_price_per_million: Decimal | None = Field(None, ge=0)
+    output_price_per_million: Decimal | None = Field(None, ge=0)
+
+
+class ModelCacheConfig(Section):
+    """Where the weights live on the node: a PVC (default), a node path, or downloaded at start."""
+
+    kind: Literal["pvc", "host_path", "empty_dir"] = "pvc"
+    claim_name: str | None = Field(None, description="default: <name>-model-cache")
+    storage_class: str | None = None
+    size_gib: int | None = Field(None, gt=0, description="default: weights + 20%")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = "ReadWriteOnce"
+    host_path: str | None = None
+
+
+class ProbeConfig(Section):
+    """Health-check budgets; the startup budget is derived from the weights unless set."""
+
+    startup_budget_seconds: int | None = Field(None, ge=60)
+    weight_load_gb_per_second: float | None = Field(None, gt=0, description="default by cache kind")
+    engine_warmup_seconds: int = Field(600, ge=0, description="compile + CUDA graphs after load")
+    period_seconds: int = Field(10, ge=1, le=60)
+    readiness_failure_threshold: int = Field(3, ge=1)
+    liveness_failure_threshold: int = Field(6, ge=1)
+    termination_grace_seconds: int = Field(600, ge=30, description="lets in-flight streams finish")
+
+
+class ResourcesConfig(Section):
+    """Container requests/limits. GPUs are not here: they always equal the tensor-parallel size."""
+
+    vllm_cpu: str = "16"
+    vllm_memory: str = "256Gi"
+    vllm_memory_limit: str = "512Gi"
+    shm_size: str = "32Gi"
+    gateway_cpu: str = "500m"
+    gateway_memory: str = "128Mi"
+    gateway_cpu_limit: str = "2"
+    gateway_memory_limit: str = "256Mi"
+
+
+class GatewayConfig(Section):
+    """The metering sidecar's settings (the keys themselves live in a Secret)."""
+
+    port: int = Field(8080, ge=1024, le=65535)
+    max_body_mib: int = Field(8, ge=1, le=256)
+    upstream_timeout_seconds: int = Field(600, ge=5)
+
+
+class DeploymentConfig(Section):
+    """One inference deployment: what runs, where, and how it is reached and billed."""
+
+    name: str = "nemotron-ultra"
+    namespace: str = "inferplane"
+    cloud: Cloud = "local"
+    region: str = "local"
+    zone: str | None = None
+    residency: ResidencyConfig = Field(default_factory=ResidencyConfig)
+    replicas: int = Field(1, ge=1, le=64)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    accelerator: AcceleratorConfig = Field(default_factory=AcceleratorConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    hf_token_secret_name: str | None = Field(None, description="default: <name>-hf-token")
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not DNS_LABEL.match(value) or len(value) > 40:
+            raise ValueError(
+                f"{value!r} is not a DNS label of at most 40 characters; use lower-case letters, "
+                "digits and '-' (names of derived objects add suffixes)"
+            )
+        return value
+
+    # -- derived facts (one source: the catalog plus the fields above) --
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return get_model(self.model.name)
+
+    @property
+    def accelerator_spec(self) -> AcceleratorSpec:
+        return get_accelerator(self.accelerator.type)
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.accelerator.gpus_per_node or self.accelerator_spec.gpus_per_node
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model.max_model_len or self.model_spec.max_context
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        if self.accelerator.tensor_parallel_size:
+            return self.accelerator.tensor_parallel_size
+        tp = smallest_tensor_parallel_size(
+            self.model_spec, self.accelerator_spec, self.max_model_len,
+            self.model.gpu_memory_utilization, self.model.kv_cache_dtype, self.gpus_per_node,
+        )
+        # validate() has already refused configs where nothing fits.
+        return tp or self.gpus_per_node
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model.served_name or self.model_spec.hf_repo
+
+    @property
+    def input_price_per_million(self) -> Decimal:
+        price = self.metering.input_price_per_million
+        return self.model_spec.input_price_per_million if price is None else price
+
+    @property
+    def output_price_per_million(self) -> Decimal:
+        price = self.metering.output_price_per_million
+        return self.model_spec.output_price_per_million if price is None else price
+
+    @property
+    def reasoning_default_on(self) -> bool:
+        if self.model.reasoning_default is None:
+            return self.model_spec.reasoning_default_on
+        return self.model.reasoning_default == "on"
+
+    @property
+    def keys_secret_name(self) -> str:
+        return self.auth.keys_secret_name or f"{self.name}-api-keys"
+
+    @property
+    def tls_secret_name(self) -> str:
+        return self.ingress.tls_secret_name or f"{self.name}-tls"
+
+    @property
+    def hf_secret_name(self) -> str:
+        return self.hf_token_secret_name or f"{self.name}-hf-token"
+
+    @property
+    def cache_claim_name(self) -> str:
+        return self.model_cache.claim_name or f"{self.name}-model-cache"
+
+    @property
+    def cache_size_gib(self) -> int:
+        if self.model_cache.size_gib:
+            return self.model_cache.size_gib
+        return math.ceil(self.model_spec.weights_bytes * 1.2 / 1024**3)
+
+    @property
+    def startup_budget_seconds(self) -> int:
+        """Weights / load rate + engine warm-up, with 50% headroom, rounded up to the probe period."""
+        if self.probes.startup_budget_seconds:
+            return self.probes.startup_budget_seconds
+        rate = self.probes.weight_load_gb_per_second or WEIGHT_LOAD_GB_PER_SECOND[self.model_cache.kind]
+        seconds = (self.model_spec.weights_gb / rate + self.probes.engine_warmup_seconds) * 1.5
+        period = self.probes.period_seconds
+        return math.ceil(seconds / period) * period
+
+    def sizing(self) -> SizingReport:
+        """The memory plan for one replica; raises SizingError with numbers when it cannot work."""
+        return size(
+            self.model_spec, self.accelerator_spec, self.tensor_parallel_size, self.max_model_len,
+            self.model.gpu_memory_utilization, self.model.kv_cache_dtype, self.replicas,
+            self.gpus_per_node, self.model.min_full_context_sequences,
+        )
+
+
+class ConfigError(ValueError):
+    """A config that cannot be deployed: each problem names the field and the fix."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"invalid deployment config{where}:"]
+        lines += [f"  - {field}: {message}" for field, message in problems]
+        super().__init__("\n".join(lines))
+
+
+_HINTS = {
+    "extra_forbidden": "unknown field; remove it or fix its spelling",
+    "missing": "required; add it",
+}
+
+
+def _pydantic_problems(error: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        hint = _HINTS.get(item["type"])
+        if hint:
+            message = hint
+        elif item["type"] not in ("value_error",) and "input" in item:
+            message = f"{message} (got {item['input']!r})"
+        problems.append((field, message))
+    return problems
+
+
+def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
+    """Cross-field checks: residency, zone, sizing, cache, auth."""
+    problems: list[tuple[str, str]] = []
+    if config.residency.require_eu and not is_eu_region(config.cloud, config.region):
+        problems.append((
+            "region",
+            f"{config.region!r} is not an EU/EEA region of {config.cloud}; use one of "
+            f"{', '.join(eu_regions_for(config.cloud))}, or set residency.require_eu: false "
+            "if this deployment may hold data outside the EU",
+        ))
+    if config.zone and config.cloud in ("gke", "eks", "scaleway") and not zone_in_region(
+        config.cloud, config.region, config.zone
+    ):
+        problems.append(("zone", f"{config.zone!r} is not in region {config.region!r}; "
+                                 f"use a zone of {config.region}, e.g. {config.region}-a"))
+    if config.cloud in ("gke", "eks", "scaleway"):
+        machines = config.accelerator_spec.machine_types
+        if config.cloud not in machines:
+            offered = [key for key, spec in ACCELERATORS.items() if config.cloud in spec.machine_types]
+            problems.append(("accelerator.type",
+                             f"{config.cloud} sells no {config.accelerator.type} node in the catalog; "
+                             f"use one of {', '.join(offered)}"))
+    try:
+        config.sizing()
+    except SizingError as error:
+        section = "accelerator" if error.field == "tensor_parallel_size" else "model"
+        problems.append((f"{section}.{error.field}", str(error)))
+    if config.model_cache.kind == "host_path" and not config.model_cache.host_path:
+        problems.append(("model_cache.host_path", "required when model_cache.kind is host_path; "
+                                                  "set the directory on the node, e.g. /mnt/models"))
+    if (config.model_cache.kind == "pvc" and config.replicas > 1
+            and config.model_cache.access_mode == "ReadWriteOnce"):
+        problems.append(("model_cache.access_mode",
+                         f"{config.replicas} replicas on separate GPU nodes cannot share a "
+                         "ReadWriteOnce volume; use ReadOnlyMany or ReadWriteMany (a shared "
+                         "storage class), or model_cache.kind: host_path"))
+    if config.model_cache.size_gib and config.model_cache.size_gib * 1024**3 < config.model_spec.weights_bytes:
+        problems.append(("model_cache.size_gib",
+                         f"{config.model_cache.size_gib} GiB is smaller than the weights "
+                         f"({config.model_spec.weights_bytes / 1024**3:.0f} GiB); raise it"))
+    return problems
+
+
+def validate(config: DeploymentConfig, source: str | None = None) -> DeploymentConfig:
+    """Run the cross-field checks; raise ConfigError listing every problem found."""
+    problems = _deployment_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def from_mapping(data: Mapping[str, Any] | None, source: str | None = None) -> DeploymentConfig:
+    """Build and validate a config from plain data (a YAML document, a Pulumi config object)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([("(top level)", "expected a mapping of config fields, "
+                                           f"got {type(data).__name__}")], source)
+    try:
+        config = DeploymentConfig.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(_pydantic_problems(error), source) from None
+    return validate(config, source)
+
+
+def load(path: str | Path) -> DeploymentConfig:
+    """Read a YAML config file; YAML syntax errors are reported with their line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([("(file)", f"cannot read {path}: {error.strerror}")], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([("(yaml)", f"{where}{getattr(error, 'problem', error)}")], str(path)) from None
+    return from_mapping(data, str(path))

@@ -1,0 +1,1 @@
+"""The gateway sidecar: auth, limits, reasoning toggle, metering, ledger and metrics in front of vLLM."""

@@ -1,0 +1,79 @@
+"""The gateway's own settings file: what the renderer writes into its ConfigMap and `dev` passes in.
+
+Derived from a DeploymentConfig so that prices, model names and the reasoning default have one
+source. Keys are not here: they live in a separate file mounted from a Secret.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferplane.catalog import ReasoningStyle
+
+
+class ModelRoute(BaseModel):
+    """One model the gateway serves: its public name, catalog key and prices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    served_name: str
+    catalog_key: str
+    reasoning_style: ReasoningStyle
+    reasoning_default_on: bool
+    reasoning_prompts: dict[str, str] = Field(default_factory=dict)
+    input_price_per_million: Decimal
+    output_price_per_million: Decimal
+
+
+class GatewaySettings(BaseModel):
+    """Everything the gateway process needs besides the keys file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 8080
+    upstream_url: str = "http://127.0.0.1:8000"
+    upstream_timeout_seconds: float = 600.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    currency: str = "USD"
+    models: list[ModelRoute]
+    auth_enabled: bool = True
+    keys_file: str = "/etc/inferplane/keys/keys.json"
+    ledger_url: str = "sqlite:////var/lib/inferplane/ledger.db"
+
+    @classmethod
+    def from_deployment(cls, config: Any, **overrides: Any) -> "GatewaySettings":
+        """Settings for the sidecar of `config` (a DeploymentConfig)."""
+        spec = config.model_spec
+        route = ModelRoute(
+            served_name=config.served_model_name,
+            catalog_key=spec.key,
+            reasoning_style=spec.reasoning_style,
+            reasoning_default_on=config.reasoning_default_on,
+            reasoning_prompts=dict(spec.reasoning_prompts),
+            input_price_per_million=config.input_price_per_million,
+            output_price_per_million=config.output_price_per_million,
+        )
+        values: dict[str, Any] = dict(
+            listen_port=config.gateway.port,
+            upstream_timeout_seconds=float(config.gateway.upstream_timeout_seconds),
+            max_body_bytes=config.gateway.max_body_mib * 1024 * 1024,
+            currency=config.metering.currency,
+            models=[route],
+            auth_enabled=config.auth.enabled,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        """Stable YAML (Decimals as strings, so prices survive exactly)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GatewaySettings":
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))

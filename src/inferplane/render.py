@@ -1,0 +1,292 @@
+"""Config -> Kubernetes manifests (Jinja2 templates in templates/), and the GitOps directory writer.
+
+All decisions are made here, in the render context; the templates only lay the values out.
+Rendering is deterministic: the same config gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from inferplane import __version__
+from inferplane.config import DeploymentConfig
+from inferplane.gateway.settings import GatewaySettings
+
+VLLM_PORT = 8000
+GPU_RESOURCE = "nvidia.com/gpu"
+ACCELERATOR_LABEL = "inferplane.io/accelerator"
+GATEWAY_CONFIG_DIR = "/etc/inferplane/config"
+GATEWAY_KEYS_DIR = "/etc/inferplane/keys"
+LEDGER_DIR = "/var/lib/inferplane"
+MODEL_CACHE_DIR = "/models"
+# Order in which objects are applied and written: what others refer to comes first.
+KIND_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment",
+              "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
+
+# vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
+_VLLM_HEALTH_CHECK = (
+    "import urllib.request; "
+    f"urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)"
+)
+# preStop: give the gateway time to stop taking requests, then wait until vLLM has no running or
+# waiting request (or the grace period is nearly spent), so in-flight streams finish.
+_VLLM_DRAIN = (
+    "import re, time, urllib.request\n"
+    "deadline = time.time() + {budget}\n"
+    "time.sleep(5)\n"
+    "while time.time() < deadline:\n"
+    "    try:\n"
+    f"        text = urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/metrics', timeout=5).read().decode()\n"
+    "    except Exception:\n"
+    "        break\n"
+    "    busy = sum(float(v) for v in re.findall("
+    "r'^vllm:num_requests_(?:running|waiting)\\{{[^}}]*\\}} ([0-9.e+]+)$', text, re.M))\n"
+    "    if busy == 0:\n"
+    "        break\n"
+    "    time.sleep(2)\n"
+)
+
+
+def templates_dir() -> Path:
+    """templates/ in a source checkout, or the copy packaged into the wheel."""
+    packaged = Path(__file__).parent / "_templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "templates"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir())),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    # JSON is YAML: every scalar goes through tojson, so no value can break the document.
+    env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=False)
+    return env
+
+
+def labels(config: DeploymentConfig, component: str) -> dict[str, str]:
+    """Kubernetes' recommended labels, plus the model, on every object."""
+    return {
+        "app.kubernetes.io/name": "inferplane",
+        "app.kubernetes.io/instance": config.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "inferplane",
+        "app.kubernetes.io/managed-by": "inferplane",
+        "app.kubernetes.io/version": __version__,
+        "inferplane.io/model": config.model_spec.key,
+    }
+
+
+def selector_labels(config: DeploymentConfig) -> dict[str, str]:
+    """The stable subset that selects the inference pods (never includes the version)."""
+    return {
+        "app.kubernetes.io/name": "inferplane",
+        "app.kubernetes.io/instance": config.name,
+        "app.kubernetes.io/component": "inference",
+    }
+
+
+def vllm_args(config: DeploymentConfig) -> list[str]:
+    """The `vllm serve` argument list: catalog defaults, then config, then the user's extras."""
+    spec = config.model_spec
+    args = [
+        spec.hf_repo,
+        "--host", "127.0.0.1",
+        "--port", str(VLLM_PORT),
+        "--served-model-name", config.served_model_name,
+        "--tensor-parallel-size", str(config.tensor_parallel_size),
+        "--max-model-len", str(config.max_model_len),
+        "--gpu-memory-utilization", str(config.model.gpu_memory_utilization),
+        "--download-dir", f"{MODEL_CACHE_DIR}/hub",
+        "--disable-uvicorn-access-log",
+    ]
+    if config.model.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", config.model.kv_cache_dtype]
+    if config.model.max_num_seqs:
+        args += ["--max-num-seqs", str(config.model.max_num_seqs)]
+    args += list(spec.vllm_args)
+    if config.model.tool_calling:
+        args += list(spec.tool_call_args)
+    args += list(config.model.extra_args)
+    return args
+
+
+def _cache_volume(config: DeploymentConfig) -> dict[str, Any]:
+    cache = config.model_cache
+    if cache.kind == "pvc":
+        return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.cache_claim_name}}
+    if cache.kind == "host_path":
+        return {"name": "model-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    return {"name": "model-cache", "emptyDir": {"sizeLimit": f"{config.cache_size_gib}Gi"}}
+
+
+def _rolling_update(config: DeploymentConfig) -> dict[str, Any]:
+    # GPUs are scarce, so no surge, except with one replica: then the old pod keeps serving until
+    # the new one is ready (the surge pod waits Pending if no spare GPU node exists).
+    if config.replicas == 1:
+        return {"maxSurge": 1, "maxUnavailable": 0}
+    return {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def context(config: DeploymentConfig) -> dict[str, Any]:
+    """Everything the templates need, decided here."""
+    tp = config.tensor_parallel_size
+    gateway_settings = GatewaySettings.from_deployment(
+        config,
+        keys_file=f"{GATEWAY_KEYS_DIR}/keys.json",
+        ledger_url=f"sqlite:///{LEDGER_DIR}/ledger.db",
+        upstream_url=f"http://127.0.0.1:{VLLM_PORT}",
+    ).to_yaml()
+    period = config.probes.period_seconds
+    grace = config.probes.termination_grace_seconds
+    env = [
+        {"name": "HF_HOME", "value": f"{MODEL_CACHE_DIR}/hf"},
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": config.hf_secret_name, "key": "token", "optional": True}}},
+    ]
+    return {
+        "config": config,
+        "name": config.name,
+        "namespace": config.namespace,
+        "labels": labels(config, "inference"),
+        "namespace_labels": labels(config, "namespace"),
+        "selector": selector_labels(config),
+        "replicas": config.replicas,
+        "rolling_update": _rolling_update(config),
+        "vllm_image": config.image.vllm,
+        "gateway_image": config.image.gateway,
+        "pull_policy": config.image.pull_policy,
+        "vllm_command": ["vllm", "serve"],
+        "vllm_args": vllm_args(config),
+        "vllm_env": env,
+        "gpu_resource": GPU_RESOURCE,
+        "gpus": tp,
+        "node_selector": {ACCELERATOR_LABEL: config.accelerator.type},
+        "health_exec": ["python3", "-c", _VLLM_HEALTH_CHECK],
+        "drain_exec": ["python3", "-c", _VLLM_DRAIN.format(budget=max(grace - 15, 5))],
+        "startup_failure_threshold": -(-config.startup_budget_seconds // period),
+        "period": period,
+        "grace": grace,
+        "readiness_failure_threshold": config.probes.readiness_failure_threshold,
+        "liveness_failure_threshold": config.probes.liveness_failure_threshold,
+        "resources": config.resources,
+        "cache_volume": _cache_volume(config),
+        "cache_dir": MODEL_CACHE_DIR,
+        "cache": config.model_cache,
+        "cache_claim_name": config.cache_claim_name,
+        "cache_size": f"{config.cache_size_gib}Gi",
+        "gateway_port": config.gateway.port,
+        "gateway_config": gateway_settings,
+        "gateway_config_hash": hashlib.sha256(gateway_settings.encode()).hexdigest()[:16],
+        "gateway_config_dir": GATEWAY_CONFIG_DIR,
+        "gateway_keys_dir": GATEWAY_KEYS_DIR,
+        "ledger_dir": LEDGER_DIR,
+        "keys_secret_name": config.keys_secret_name,
+        "ingress": config.ingress,
+        "tls_secret_name": config.tls_secret_name,
+        "ingress_annotations": _ingress_annotations(config),
+        "pdb_max_unavailable": 1,
+    }
+
+
+def _ingress_annotations(config: DeploymentConfig) -> dict[str, str]:
+    ingress = config.ingress
+    timeout = str(ingress.read_timeout_seconds)
+    annotations = {
+        # Server-Sent Events must reach the client token by token, and requests stream upstream.
+        "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+        "nginx.ingress.kubernetes.io/proxy-request-buffering": "off",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": timeout,
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": timeout,
+        "nginx.ingress.kubernetes.io/proxy-body-size": f"{ingress.body_size_limit_mib}m",
+        "nginx.ingress.kubernetes.io/ssl-redirect": "true",
+    }
+    if ingress.cluster_issuer:
+        annotations["cert-manager.io/cluster-issuer"] = ingress.cluster_issuer
+    return annotations
+
+
+def _template_names(config: DeploymentConfig) -> list[str]:
+    names = ["namespace.yaml.j2", "serviceaccount.yaml.j2", "configmap-gateway.yaml.j2"]
+    if config.model_cache.kind == "pvc":
+        names.append("pvc-model-cache.yaml.j2")
+    names += ["deployment.yaml.j2", "service.yaml.j2"]
+    if config.ingress.enabled:
+        names.append("ingress.yaml.j2")
+    names += ["poddisruptionbudget.yaml.j2", "networkpolicy.yaml.j2"]
+    return names
+
+
+def render(config: DeploymentConfig) -> list[dict[str, Any]]:
+    """The manifests for `config`, as dicts, in apply order."""
+    env = _environment()
+    values = context(config)
+    manifests: list[dict[str, Any]] = []
+    for name in _template_names(config):
+        text = env.get_template(name).render(**values)
+        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    manifests.sort(key=lambda m: KIND_ORDER.index(m["kind"]))
+    return manifests
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Block style for multi-line strings, so embedded files read like files."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(manifest: dict[str, Any]) -> str:
+    """One manifest as stable YAML."""
+    return yaml.dump(manifest, Dumper=_ManifestDumper, sort_keys=False,
+                     default_flow_style=False, width=100, allow_unicode=True)
+
+
+def to_multi_document(manifests: Iterable[dict[str, Any]]) -> str:
+    """A multi-document YAML stream (`render -o -`)."""
+    return "".join(f"---\n{to_yaml(m)}" for m in manifests)
+
+
+def file_name(index: int, manifest: dict[str, Any]) -> str:
+    """`NN-kind-name.yaml`: the prefix keeps apply order when a tool sorts by name."""
+    return f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
+
+
+def write_directory(manifests: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write one file per object plus kustomization.yaml; remove stale files we wrote before."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [file_name(i, m) for i, m in enumerate(manifests)]
+    for stale in out.glob("[0-9][0-9]-*.yaml"):
+        if stale.name not in names:
+            stale.unlink()
+    written = []
+    for name, manifest in zip(names, manifests):
+        path = out / name
+        path.write_text(to_yaml(manifest))
+        written.append(path)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": names,
+    }
+    (out / "kustomization.yaml").write_text(to_yaml(kustomization))
+    written.append(out / "kustomization.yaml")
+    return written
