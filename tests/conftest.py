@@ -1,0 +1,27 @@
+"""Shared test helpers: paths of the repo's examples and a config factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferplane.config import DeploymentConfig, from_mapping
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "nemotron-ultra.yaml"
+# The Kubernetes minor whose OpenAPI schema the rendered manifests must satisfy.
+KUBERNETES_SCHEMA_VERSION = "1.34"
+
+
+@pytest.fixture
+def make_config():
+    """Build a validated config from a mapping (merged over a GKE Nemotron-Ultra base)."""
+
+    def make(**overrides: Any) -> DeploymentConfig:
+        data: dict[str, Any] = {"cloud": "gke", "region": "europe-west4"}
+        data.update(overrides)
+        return from_mapping(data)
+
+    return make

@@ -1,0 +1,70 @@
+"""The `inferplane` command as users run it: a real process, real files, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..conftest import EXAMPLE, REPO
+
+INFERPLANE = [str(Path(sys.executable).with_name("inferplane"))]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(INFERPLANE + list(args), capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_render_to_stdout_matches_the_golden_file():
+    result = run("render", "-f", str(EXAMPLE), "-o", "-")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "tests" / "golden" / "nemotron-ultra.yaml").read_text()
+
+
+def test_render_to_a_directory_twice_is_byte_identical(tmp_path):
+    for out in ("one", "two"):
+        result = run("render", "-f", str(EXAMPLE), "-o", str(tmp_path / out))
+        assert result.returncode == 0, result.stderr
+        assert "TP=8" in result.stderr
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+    assert one == two and "kustomization.yaml" in one
+
+
+def test_a_config_that_cannot_fit_exits_non_zero_with_the_numbers(tmp_path):
+    config = tmp_path / "tp4.yaml"
+    config.write_text(yaml.safe_dump({"cloud": "gke", "region": "europe-west4",
+                                      "accelerator": {"tensor_parallel_size": 4}}))
+    result = run("render", "-f", str(config), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "accelerator.tensor_parallel_size" in result.stderr
+    assert "506.8 GB" in result.stderr and "4 x 85.5 GB" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_json_has_the_sizing_numbers():
+    result = run("plan", "-f", str(EXAMPLE), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["tensor_parallel_size"] == 8
+    assert plan["weights_bytes"] == 506_800_000_000
+    assert plan["max_full_context_sequences"] == 2
+    assert plan["nodes"] == 1
+
+
+def test_plan_table_and_check_speak_to_humans():
+    table = run("plan", "-f", str(EXAMPLE))
+    assert table.returncode == 0
+    assert "KV-cache budget" in table.stdout and "full-context sequences  2" in table.stdout
+    check = run("check", "-f", str(EXAMPLE))
+    assert check.returncode == 0 and "8 x H100-80G in gke/europe-west4" in check.stdout
+    bad = run("plan", "-f", str(EXAMPLE), "-o", "xml")
+    assert bad.returncode == 2 and "table or json" in bad.stderr
+
+
+def test_help_shows_an_example():
+    result = run("render", "--help")
+    assert result.returncode == 0 and "Example:" in result.stdout

@@ -1,0 +1,257 @@
+"""Rendered manifests: valid against Kubernetes' schema, deterministic, and right where it matters."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from inferplane.catalog import MODELS
+from inferplane.config import load
+from inferplane.render import render, to_multi_document, write_directory
+
+from ..conftest import EXAMPLE, KUBERNETES_SCHEMA_VERSION, REPO
+
+GOLDEN = REPO / "tests" / "golden" / "nemotron-ultra.yaml"
+RECOMMENDED_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                      "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                      "app.kubernetes.io/managed-by"}
+
+
+def by_kind(manifests):
+    return {m["kind"]: m for m in manifests}
+
+
+def containers(manifests):
+    pod = by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}, pod
+
+
+VARIANTS = {
+    "example": {},
+    "llama-70b": {"model": {"name": "llama-3.3-70b-instruct"}},
+    "gpt-oss": {"model": {"name": "gpt-oss-120b"}},
+    "fp8-kv": {"model": {"name": "nemotron-ultra-253b-fp8", "kv_cache_dtype": "fp8", "max_num_seqs": 64}},
+    "no-ingress-host-path": {"ingress": {"enabled": False},
+                             "model_cache": {"kind": "host_path", "host_path": "/mnt/models"}},
+    "download-at-start": {"model_cache": {"kind": "empty_dir"}},
+    "two-replicas": {"replicas": 2, "model_cache": {"access_mode": "ReadOnlyMany", "storage_class": "filestore"}},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_manifest_validates_strictly_against_the_pinned_kubernetes_schema(make_config, variant):
+    for manifest in render(make_config(**VARIANTS[variant])):
+        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+def test_strict_validation_really_rejects_an_unknown_field(make_config):
+    deployment = by_kind(render(make_config()))["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 8
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_SCHEMA_VERSION, strict=True)
+
+
+def test_golden_nemotron_ultra_example():
+    rendered = to_multi_document(render(load(EXAMPLE)))
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(rendered)
+    assert rendered == GOLDEN.read_text(), "set UPDATE_GOLDEN=1 to accept an intended change"
+
+
+def test_vllm_runs_tp8_on_eight_gpus_bound_to_loopback():
+    manifests = render(load(EXAMPLE))
+    by_name, pod = containers(manifests)
+    vllm = by_name["vllm"]
+    args = vllm["args"]
+    assert args[0] == "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1"
+    assert args[args.index("--tensor-parallel-size") + 1] == "8"
+    assert args[args.index("--max-model-len") + 1] == "131072"
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert "--trust-remote-code" in args
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert vllm["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    assert "ports" not in vllm
+    assert pod["nodeSelector"] == {"inferplane.io/accelerator": "H100-80G"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_gpu_limit_follows_tensor_parallel_size(make_config):
+    by_name, _ = containers(render(make_config(model={"name": "llama-3.3-70b-instruct"})))
+    args = by_name["vllm"]["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "4"
+    assert by_name["vllm"]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert args[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
+    by_name, _ = containers(render(make_config(model={"name": "llama-3.3-70b-instruct", "tool_calling": False})))
+    assert "--tool-call-parser" not in by_name["vllm"]["args"]
+
+
+def test_shm_cache_and_hf_token():
+    by_name, pod = containers(render(load(EXAMPLE)))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "nemotron-ultra-model-cache"
+    mounts = {m["name"]: m["mountPath"] for m in by_name["vllm"]["volumeMounts"]}
+    assert mounts["dshm"] == "/dev/shm"
+    token = next(e for e in by_name["vllm"]["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "nemotron-ultra-hf-token"
+    assert {"name": "VLLM_NO_USAGE_STATS", "value": "1"} in by_name["vllm"]["env"]
+
+
+def test_probes_give_the_weights_time_to_load():
+    config = load(EXAMPLE)
+    by_name, pod = containers(render(config))
+    startup = by_name["vllm"]["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= config.startup_budget_seconds >= 506.8 / 1.0 + 600
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "127.0.0.1:8000/health" in by_name["vllm"][probe]["exec"]["command"][-1]
+    assert by_name["gateway"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert by_name["gateway"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["terminationGracePeriodSeconds"] == 600
+
+
+def test_containers_run_non_root_with_read_only_root_filesystems():
+    by_name, pod = containers(render(load(EXAMPLE)))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in by_name.values():
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_service_exposes_only_the_gateway_and_network_policy_admits_only_the_ingress_controller():
+    manifests = by_kind(render(load(EXAMPLE)))
+    ports = manifests["Service"]["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in ports] == [(80, "http")]
+    gateway_port = containers(render(load(EXAMPLE)))[0]["gateway"]["ports"]
+    assert gateway_port == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    policy = manifests["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "ingress-nginx"}}}]
+
+
+def test_ingress_streams_unbuffered_over_tls():
+    ingress = by_kind(render(load(EXAMPLE)))["Ingress"]
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert notes["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+    assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.eu"], "secretName": "nemotron-ultra-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "nemotron-ultra", "port": {"name": "http"}}
+
+
+def test_recommended_labels_on_every_object_and_selector_is_stable(make_config):
+    manifests = render(make_config())
+    for manifest in manifests:
+        assert RECOMMENDED_LABELS <= set(manifest["metadata"]["labels"]), manifest["kind"]
+    deployment = by_kind(manifests)["Deployment"]
+    assert "app.kubernetes.io/version" not in deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_rollout_never_removes_the_only_replica(make_config):
+    single = by_kind(render(make_config()))["Deployment"]["spec"]["strategy"]["rollingUpdate"]
+    assert single == {"maxSurge": 1, "maxUnavailable": 0}
+    many = by_kind(render(make_config(replicas=3, model_cache={"access_mode": "ReadOnlyMany"})))
+    assert many["Deployment"]["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert many["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+
+
+def test_gateway_config_carries_catalog_prices_and_changes_roll_the_pods(make_config):
+    first = by_kind(render(make_config()))
+    settings = yaml.safe_load(first["ConfigMap"]["data"]["gateway.yaml"])
+    assert settings["models"][0]["input_price_per_million"] == "0.60"
+    assert settings["models"][0]["served_name"] == "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1"
+    second = by_kind(render(make_config(metering={"input_price_per_million": "0.50"})))
+    hash_key = "inferplane.io/gateway-config-hash"
+    assert (first["Deployment"]["spec"]["template"]["metadata"]["annotations"][hash_key]
+            != second["Deployment"]["spec"]["template"]["metadata"]["annotations"][hash_key])
+
+
+def test_optional_objects_follow_config(make_config):
+    kinds = [m["kind"] for m in render(make_config(**VARIANTS["no-ingress-host-path"]))]
+    assert "Ingress" not in kinds and "PersistentVolumeClaim" not in kinds
+    _, pod = containers(render(make_config(**VARIANTS["no-ingress-host-path"])))
+    cache = next(v for v in pod["volumes"] if v["name"] == "model-cache")
+    assert cache["hostPath"]["path"] == "/mnt/models"
+
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """Reports one running request for the first two scrapes, then none."""
+
+    scrapes = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        type(self).scrapes += 1
+        running = 1 if type(self).scrapes <= 2 else 0
+        body = (f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'
+                'vllm:num_requests_waiting{model_name="m"} 0.0\n').encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_pre_stop_drain_waits_for_running_requests_to_finish():
+    by_name, _ = containers(render(load(EXAMPLE)))
+    command = by_name["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MetricsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = (command[-1].replace("127.0.0.1:8000", f"127.0.0.1:{server.server_port}")
+                  .replace("time.sleep(5)", "time.sleep(0)").replace("time.sleep(2)", "time.sleep(0.05)"))
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert _MetricsHandler.scrapes == 3  # it polled until the running count reached zero
+
+
+def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):
+    config = load(EXAMPLE)
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_directory(render(config), first)
+    write_directory(render(load(EXAMPLE)), second)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    kustomization = yaml.safe_load((first / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "00-namespace-inferplane.yaml"
+    assert sorted(kustomization["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
+    assert len(names) == 10
+
+
+def test_rewriting_a_directory_removes_objects_that_are_gone(make_config, tmp_path):
+    write_directory(render(make_config()), tmp_path)
+    write_directory(render(make_config(ingress={"enabled": False})), tmp_path)
+    assert not list(tmp_path.glob("*-ingress-*.yaml"))
+    assert "06-ingress" not in (tmp_path / "kustomization.yaml").read_text()
+
+
+def test_every_catalog_model_renders(make_config):
+    for key in MODELS:
+        config = make_config(model={"name": key})
+        deployment = by_kind(render(config))["Deployment"]
+        vllm = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert vllm["args"][0] == MODELS[key].hf_repo
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == str(config.tensor_parallel_size)
