@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup dev test render plan bench clean
+.PHONY: setup system-deps dev test render plan bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster, no GPU
 	$(BIN)/inferplane dev
 
-test: setup  ## every test suite
+system-deps:  ## PostgreSQL server binaries and Go, only when missing
+	scripts/install-system-deps
+
+test: setup system-deps  ## every test suite
 	$(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
