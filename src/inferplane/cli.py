@@ -76,16 +76,16 @@ def plan(
     file: Optional[Path] = ConfigOption,
     output: str = typer.Option("table", "--output", "-o", help="table or json"),
 ) -> None:
-    """Print the sizing of a config: weights, KV budget, full-context sequences, GPUs, nodes.
+    """Print sizing and cost: weights, KV budget, full-context sequences, GPUs, nodes, break-even.
 
     Example:  inferplane plan -f examples/nemotron-ultra.yaml -o json
     """
-    from inferplane.planning import plan_rows, plan_table
+    from inferplane.planning import plan_document, plan_rows, plan_table
 
     config = load_config(file)
     report = config.sizing()
     if output == "json":
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        typer.echo(json.dumps(plan_document(config, report), indent=2))
     elif output == "table":
         typer.echo(plan_table(plan_rows(config, report)))
     else:

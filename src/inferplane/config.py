@@ -195,6 +195,22 @@ class ResourcesConfig(Section):
     gateway_memory_limit: str = "256Mi"
 
 
+class CostConfig(Section):
+    """Inputs of `inferplane plan`'s cost lines; the estimate's formula is in catalog/cost.py."""
+
+    node_hourly_price: Decimal | None = Field(
+        None, gt=0, description="price of one GPU node per hour in metering.currency; "
+        "default: the catalog's illustrative USD list price of the cloud's machine")
+    input_tokens_per_output_token: float = Field(3.0, ge=0, le=1000, description="workload mix")
+    average_context_tokens: int = Field(4096, ge=1, description="prompt + output, typical request")
+    concurrency: int | None = Field(None, ge=1, description="sequences decoded together; "
+                                    "default: 64, or fewer if the KV cache holds fewer")
+    output_tokens_per_second: float | None = Field(None, gt=0, description="measured, per replica")
+    input_tokens_per_second: float | None = Field(None, gt=0, description="measured, per replica")
+    mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation")
+    bandwidth_efficiency: float = Field(0.7, gt=0, le=1)
+
+
 class GatewayConfig(Section):
     """The metering sidecar's settings (the keys themselves live in a Secret)."""
 
@@ -223,6 +239,7 @@ class DeploymentConfig(Section):
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     hf_token_secret_name: str | None = Field(None, description="default: <name>-hf-token")
 
     @field_validator("name", "namespace")

@@ -1,15 +1,69 @@
-"""Human-readable capacity plans built from the sizing report."""
+"""Capacity and cost plans built from the sizing report and the catalog's cost model."""
 
 from __future__ import annotations
 
-from inferplane.catalog.sizing import GB, SizingReport
+from decimal import Decimal
+from typing import Any
+
+from inferplane.catalog.cost import CostEstimate, ThroughputEstimate, estimate_cost, estimate_throughput
+from inferplane.catalog.sizing import GB, SizingReport, kv_dtype_bytes
 from inferplane.config import DeploymentConfig
+
+DEFAULT_CONCURRENCY = 64
+
+
+def node_hourly_price(config: DeploymentConfig) -> Decimal | None:
+    """The configured node price, else the catalog's USD example for this cloud's machine."""
+    if config.cost.node_hourly_price is not None:
+        return config.cost.node_hourly_price
+    machine = config.accelerator_spec.machine_types.get(config.cloud)
+    if machine is None or machine.example_hourly_usd is None or config.metering.currency != "USD":
+        return None
+    return Decimal(str(machine.example_hourly_usd))
+
+
+def throughput(config: DeploymentConfig, report: SizingReport) -> ThroughputEstimate:
+    """Measured figures from config when given, else the catalog estimate."""
+    cost = config.cost
+    ratio = cost.input_tokens_per_output_token
+    concurrency = cost.concurrency or max(1, min(DEFAULT_CONCURRENCY,
+                                                 report.kv_token_capacity // cost.average_context_tokens))
+    if cost.output_tokens_per_second:
+        output = cost.output_tokens_per_second
+        return ThroughputEstimate(output, cost.input_tokens_per_second or output * ratio,
+                                  concurrency, 0.0, "measured", True)
+    return estimate_throughput(
+        config.model_spec, config.accelerator_spec, report.tensor_parallel_size, concurrency,
+        cost.average_context_tokens, ratio, kv_dtype_bytes(config.model.kv_cache_dtype),
+        cost.mfu, cost.bandwidth_efficiency,
+    )
+
+
+def cost_estimate(config: DeploymentConfig, report: SizingReport) -> tuple[ThroughputEstimate, CostEstimate | None]:
+    """Throughput always; cost only when a node price is known."""
+    rate = throughput(config, report)
+    price = node_hourly_price(config)
+    if price is None:
+        return rate, None
+    return rate, estimate_cost(rate, price, report.nodes, report.replicas,
+                               config.input_price_per_million, config.output_price_per_million,
+                               config.cost.input_tokens_per_output_token)
+
+
+def plan_document(config: DeploymentConfig, report: SizingReport) -> dict[str, Any]:
+    """`plan -o json`: the sizing numbers, plus throughput and cost."""
+    rate, cost = cost_estimate(config, report)
+    document = report.as_dict()
+    document["throughput"] = {k: getattr(rate, k) for k in rate.__dataclass_fields__}
+    document["cost"] = cost.as_dict() if cost else None
+    document["currency"] = config.metering.currency
+    return document
 
 
 def plan_rows(config: DeploymentConfig, report: SizingReport) -> list[tuple[str, str]]:
-    """(label, value) rows of the sizing table; each value shows its unit."""
+    """(label, value) rows of the plan table; each value shows its unit."""
     tp = report.tensor_parallel_size
-    return [
+    rows = [
         ("model", f"{config.model_spec.display_name} [{report.model}]"),
         ("accelerator", f"{config.accelerator_spec.display_name} [{report.accelerator}]"),
         ("tensor parallel size", f"{tp} GPUs per replica"),
@@ -26,9 +80,44 @@ def plan_rows(config: DeploymentConfig, report: SizingReport) -> list[tuple[str,
         ("GPUs", f"{report.total_gpus} ({report.gpus_per_node} per node)"),
         ("nodes", str(report.nodes)),
         ("startup probe budget", f"{config.startup_budget_seconds} s ({config.model_cache.kind} cache)"),
-        ("prices", f"{config.input_price_per_million} / {config.output_price_per_million} "
-                   f"{config.metering.currency} per million input / output tokens"),
     ]
+    return rows + cost_rows(config, report)
+
+
+def cost_rows(config: DeploymentConfig, report: SizingReport) -> list[tuple[str, str]]:
+    """Throughput, self-hosted cost per million tokens, and the break-even volume."""
+    currency = config.metering.currency
+    rate, cost = cost_estimate(config, report)
+    how = ("measured (cost.*_tokens_per_second)" if rate.measured else
+           f"estimated, {rate.bound}-bound: batch {rate.batch}, "
+           f"{config.cost.average_context_tokens} context tokens, step {rate.step_seconds * 1000:.1f} ms "
+           "(formula: src/inferplane/catalog/cost.py)")
+    rows = [
+        ("API prices", f"{config.input_price_per_million} / {config.output_price_per_million} "
+                       f"{currency} per million input / output tokens"),
+        ("workload mix", f"{config.cost.input_tokens_per_output_token:g} input tokens per output token"),
+        ("throughput per replica", f"{rate.output_tokens_per_second:,.0f} output + "
+                                   f"{rate.input_tokens_per_second:,.0f} input tokens/s, {how}"),
+    ]
+    if cost is None:
+        rows.append(("self-hosted cost", "set cost.node_hourly_price (no list price for "
+                                         f"{config.cloud} in {currency})"))
+        return rows
+    ratio = cost.cost_per_million_output / config.output_price_per_million if config.output_price_per_million else 0
+    rows += [
+        ("node price", f"{cost.node_hourly_price} {currency}/h x {cost.nodes} node(s) = "
+                       f"{cost.monthly_cost:,} {currency}/month (730 h)"),
+        ("self-hosted cost", f"{cost.cost_per_million_input} / {cost.cost_per_million_output} "
+                             f"{currency} per million input / output tokens at full load "
+                             f"({ratio:.2f} x the API prices)"),
+        ("monthly capacity", f"{cost.monthly_output_capacity / 1e6:,.0f} M output tokens at full load"),
+        ("break-even volume", f"{cost.break_even_monthly_output_tokens / 1e6:,.0f} M output tokens/month "
+                              f"(+{config.cost.input_tokens_per_output_token:g}x input): "
+                              + ("self-hosting is cheaper above it" if cost.self_hosting_can_win
+                                 else "above this config's capacity: at these prices the API is "
+                                      "cheaper; self-hosting buys residency and control")),
+    ]
+    return rows
 
 
 def plan_table(rows: list[tuple[str, str]]) -> str:

@@ -17,6 +17,9 @@ class MachineType:
     gpus: int
     gpu_type: str = ""  # the cloud's accelerator name where it is separate (GKE)
     zones_note: str = ""
+    # Illustrative on-demand list price of the whole node in an EU region, USD per hour, as seen
+    # in late 2026. Prices change and differ by commitment: set cost.node_hourly_price for yours.
+    example_hourly_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,21 @@ class AcceleratorSpec:
     display_name: str
     memory_mib: int  # total memory as nvidia-smi reports it (marketing "80 GB" is 81559 MiB)
     gpus_per_node: int
-    fp8: bool  # native FP8 tensor cores (Hopper, Ada, Blackwell)
     nvlink: bool
     product_label: str  # the GPU operator's nvidia.com/gpu.product node label
+    memory_bandwidth_gb_per_s: float  # HBM/GDDR bandwidth per GPU, datasheet
+    bf16_dense_tflops: float  # per GPU, dense (no sparsity), datasheet
+    fp8_dense_tflops: float | None  # None where there are no FP8 tensor cores
     machine_types: dict[str, MachineType] = field(default_factory=dict)  # cloud -> machine
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * MIB
+
+    @property
+    def fp8(self) -> bool:
+        """Native FP8 tensor cores (Hopper, Ada, Blackwell)."""
+        return self.fp8_dense_tflops is not None
 
 
 ACCELERATORS: dict[str, AcceleratorSpec] = {
@@ -45,13 +55,17 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             display_name="NVIDIA H100 SXM 80 GB",
             memory_mib=81559,
             gpus_per_node=8,
-            fp8=True,
             nvlink=True,
             product_label="NVIDIA-H100-80GB-HBM3",
+            memory_bandwidth_gb_per_s=3350,
+            bf16_dense_tflops=989,
+            fp8_dense_tflops=1979,
             machine_types={
-                "gke": MachineType("a3-highgpu-8g", 8, gpu_type="nvidia-h100-80gb"),
-                "eks": MachineType("p5.48xlarge", 8),
-                "scaleway": MachineType("H100-SXM-8-80G", 8, zones_note="fr-par-2"),
+                "gke": MachineType("a3-highgpu-8g", 8, gpu_type="nvidia-h100-80gb",
+                                   example_hourly_usd=88.0),
+                "eks": MachineType("p5.48xlarge", 8, example_hourly_usd=63.0),
+                "scaleway": MachineType("H100-SXM-8-80G", 8, zones_note="fr-par-2",
+                                        example_hourly_usd=25.0),
             },
         ),
         AcceleratorSpec(
@@ -59,9 +73,11 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             display_name="NVIDIA H200 SXM 141 GB",
             memory_mib=143771,
             gpus_per_node=8,
-            fp8=True,
             nvlink=True,
             product_label="NVIDIA-H200",
+            memory_bandwidth_gb_per_s=4800,
+            bf16_dense_tflops=989,
+            fp8_dense_tflops=1979,
             machine_types={
                 "gke": MachineType("a3-ultragpu-8g", 8, gpu_type="nvidia-h200-141gb"),
                 "eks": MachineType("p5e.48xlarge", 8),
@@ -72,9 +88,11 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             display_name="NVIDIA B200 192 GB",
             memory_mib=183359,
             gpus_per_node=8,
-            fp8=True,
             nvlink=True,
             product_label="NVIDIA-B200",
+            memory_bandwidth_gb_per_s=8000,
+            bf16_dense_tflops=2250,
+            fp8_dense_tflops=4500,
             machine_types={
                 "gke": MachineType("a4-highgpu-8g", 8, gpu_type="nvidia-b200"),
                 "eks": MachineType("p6-b200.48xlarge", 8),
@@ -85,9 +103,11 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             display_name="NVIDIA A100 SXM 80 GB",
             memory_mib=81920,
             gpus_per_node=8,
-            fp8=False,
             nvlink=True,
             product_label="NVIDIA-A100-SXM4-80GB",
+            memory_bandwidth_gb_per_s=2039,
+            bf16_dense_tflops=312,
+            fp8_dense_tflops=None,
             machine_types={
                 "gke": MachineType("a2-ultragpu-8g", 8, gpu_type="nvidia-a100-80gb"),
                 "eks": MachineType("p4de.24xlarge", 8),
@@ -98,9 +118,11 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             display_name="NVIDIA L40S 48 GB",
             memory_mib=46068,
             gpus_per_node=8,
-            fp8=True,
             nvlink=False,
             product_label="NVIDIA-L40S",
+            memory_bandwidth_gb_per_s=864,
+            bf16_dense_tflops=362,
+            fp8_dense_tflops=733,
             machine_types={
                 "eks": MachineType("g6e.48xlarge", 8),
                 "scaleway": MachineType("L40S-8-48G", 8, zones_note="fr-par-2"),
