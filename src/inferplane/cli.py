@@ -93,6 +93,77 @@ def plan(
         raise typer.Exit(2)
 
 
+from inferplane.simulator.cli import simulator_command  # noqa: E402
+
+app.command("simulator")(simulator_command)
+
+
+from inferplane.usage_report import usage_command  # noqa: E402
+
+app.command("usage")(usage_command)
+
+
+from inferplane.cluster.cli import cluster_app  # noqa: E402
+
+app.add_typer(cluster_app, name="cluster")
+
+
+weights_app = typer.Typer(help="The model-weight cache: pre-fetch into a Hugging Face cache, verify, wait.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    repo: str = typer.Option(..., help="Hugging Face repo, e.g. nvidia/Llama-3_1-Nemotron-Ultra-253B-v1"),
+    cache_dir: Path = typer.Option(..., help="HF cache directory (HF_HUB_CACHE), e.g. /models/hf/hub"),
+    revision: str = typer.Option("main", help="branch, tag or commit"),
+    max_workers: int = typer.Option(8, help="parallel file downloads"),
+) -> None:
+    """Download, verify every file's checksum, and mark the cache complete (resumable).
+
+    Example:  HF_TOKEN=... inferplane weights fetch --repo nvidia/Llama-3_1-Nemotron-Ultra-253B-v1 --cache-dir /models/hf/hub
+    """
+    import os
+
+    from inferplane.weights import WeightsError, fetch
+
+    try:
+        result = fetch(repo, cache_dir, revision, token=os.environ.get("HF_TOKEN") or None,
+                       max_workers=max_workers)
+    except WeightsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{result.repo}@{result.revision}: {result.files} files, {result.bytes / 1e9:.1f} GB "
+               f"verified in {result.seconds:.0f} s")
+
+
+@weights_app.command("wait")
+def weights_wait(
+    repo: str = typer.Option(...),
+    cache_dir: Path = typer.Option(...),
+    timeout_seconds: float = typer.Option(6 * 3600, help="give up after this long"),
+) -> None:
+    """Block until the pre-fetch Job has marked the cache complete (the vLLM pod's init container)."""
+    from inferplane.weights import WeightsError, wait
+
+    try:
+        result = wait(repo, cache_dir, timeout_seconds)
+    except WeightsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{result.repo}@{result.revision} is in the cache ({result.files} files)")
+
+
+from inferplane.gateway.cli import gateway_command, keys_app  # noqa: E402
+
+app.command("gateway")(gateway_command)
+app.add_typer(keys_app, name="keys")
+from inferplane.dev import dev_command  # noqa: E402
+
+app.command("dev")(dev_command)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

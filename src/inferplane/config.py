@@ -48,6 +48,7 @@ class ModelConfig(Section):
 
     name: str = Field("nemotron-ultra-253b", description="catalog key of the model")
     served_name: str | None = Field(None, description="model id clients send; default: the HF repo")
+    revision: str | None = Field(None, description="HF branch, tag or commit to pin; default: main")
     max_model_len: int | None = Field(None, gt=0, description="context tokens; default: the model's")
     gpu_memory_utilization: float = Field(0.90, ge=0.5, le=0.98)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
@@ -160,9 +161,11 @@ class MeteringConfig(Section):
 
 
 class ModelCacheConfig(Section):
-    """Where the weights live on the node: a PVC (default), a node path, or downloaded at start."""
+    """Where the weights live: a PVC filled once by a pre-fetch Job (default), a path on the node
+    filled by you, or an emptyDir that vLLM downloads into at every start."""
 
     kind: Literal["pvc", "host_path", "empty_dir"] = "pvc"
+    prefetch_timeout_seconds: int = Field(6 * 3600, ge=600, description="pre-fetch Job deadline")
     claim_name: str | None = Field(None, description="default: <name>-model-cache")
     storage_class: str | None = None
     size_gib: int | None = Field(None, gt=0, description="default: weights + 20%")

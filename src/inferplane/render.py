@@ -25,9 +25,11 @@ GATEWAY_CONFIG_DIR = "/etc/inferplane/config"
 GATEWAY_KEYS_DIR = "/etc/inferplane/keys"
 LEDGER_DIR = "/var/lib/inferplane"
 MODEL_CACHE_DIR = "/models"
+HF_HOME = f"{MODEL_CACHE_DIR}/hf"
+HF_HUB_CACHE = f"{HF_HOME}/hub"  # where huggingface_hub, transformers and vLLM all look
 # Order in which objects are applied and written: what others refer to comes first.
-KIND_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Deployment",
-              "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
+KIND_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Job",
+              "Deployment", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
 _VLLM_HEALTH_CHECK = (
@@ -105,9 +107,10 @@ def vllm_args(config: DeploymentConfig) -> list[str]:
         "--tensor-parallel-size", str(config.tensor_parallel_size),
         "--max-model-len", str(config.max_model_len),
         "--gpu-memory-utilization", str(config.model.gpu_memory_utilization),
-        "--download-dir", f"{MODEL_CACHE_DIR}/hub",
         "--disable-uvicorn-access-log",
     ]
+    if config.model.revision:
+        args += ["--revision", config.model.revision]
     if config.model.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", config.model.kv_cache_dtype]
     if config.model.max_num_seqs:
@@ -126,6 +129,14 @@ def _cache_volume(config: DeploymentConfig) -> dict[str, Any]:
     if cache.kind == "host_path":
         return {"name": "model-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
     return {"name": "model-cache", "emptyDir": {"sizeLimit": f"{config.cache_size_gib}Gi"}}
+
+
+def _job_pod_affinity(config: DeploymentConfig) -> dict[str, Any]:
+    term = {"labelSelector": {"matchLabels": selector_labels(config)},
+            "topologyKey": "kubernetes.io/hostname"}
+    if config.model_cache.access_mode == "ReadWriteOnce":
+        return {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    return {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
 
 
 def _rolling_update(config: DeploymentConfig) -> dict[str, Any]:
@@ -147,15 +158,26 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
     ).to_yaml()
     period = config.probes.period_seconds
     grace = config.probes.termination_grace_seconds
+    hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": config.hf_secret_name, "key": "token", "optional": True}}}
+    # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
+    offline = config.model_cache.kind in ("pvc", "host_path")
     env = [
-        {"name": "HF_HOME", "value": f"{MODEL_CACHE_DIR}/hf"},
+        {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": config.hf_secret_name, "key": "token", "optional": True}}},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
+    if offline:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    else:
+        env.append(hf_token)
+    weights_args = ["--repo", config.model_spec.hf_repo, "--cache-dir", HF_HUB_CACHE]
+    fetch_args = ["weights", "fetch", *weights_args, "--revision", config.model.revision or "main"]
+    wait_args = ["weights", "wait", *weights_args,
+                 "--timeout-seconds", str(config.model_cache.prefetch_timeout_seconds)]
     return {
         "config": config,
         "name": config.name,
@@ -184,6 +206,13 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "resources": config.resources,
         "cache_volume": _cache_volume(config),
         "cache_dir": MODEL_CACHE_DIR,
+        "cache_read_only": offline,
+        "prefetch": config.model_cache.kind == "pvc",
+        "fetch_args": fetch_args,
+        "wait_args": wait_args,
+        "hf_token_env": hf_token,
+        "prefetch_timeout": config.model_cache.prefetch_timeout_seconds,
+        "job_pod_affinity": _job_pod_affinity(config),
         "cache": config.model_cache,
         "cache_claim_name": config.cache_claim_name,
         "cache_size": f"{config.cache_size_gib}Gi",
@@ -221,7 +250,7 @@ def _ingress_annotations(config: DeploymentConfig) -> dict[str, str]:
 def _template_names(config: DeploymentConfig) -> list[str]:
     names = ["namespace.yaml.j2", "serviceaccount.yaml.j2", "configmap-gateway.yaml.j2"]
     if config.model_cache.kind == "pvc":
-        names.append("pvc-model-cache.yaml.j2")
+        names += ["pvc-model-cache.yaml.j2", "job-fetch-weights.yaml.j2"]
     names += ["deployment.yaml.j2", "service.yaml.j2"]
     if config.ingress.enabled:
         names.append("ingress.yaml.j2")

@@ -30,6 +30,10 @@ def by_kind(manifests):
     return {m["kind"]: m for m in manifests}
 
 
+def pod_selector(manifests):
+    return by_kind(manifests)["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
 def containers(manifests):
     pod = by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]
     return {c["name"]: c for c in pod["containers"]}, pod
@@ -101,9 +105,44 @@ def test_shm_cache_and_hf_token():
     assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "nemotron-ultra-model-cache"
     mounts = {m["name"]: m["mountPath"] for m in by_name["vllm"]["volumeMounts"]}
     assert mounts["dshm"] == "/dev/shm"
-    token = next(e for e in by_name["vllm"]["env"] if e["name"] == "HF_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"]["name"] == "nemotron-ultra-hf-token"
     assert {"name": "VLLM_NO_USAGE_STATS", "value": "1"} in by_name["vllm"]["env"]
+
+
+def test_prefetched_cache_is_filled_by_a_job_and_mounted_read_only_offline():
+    manifests = render(load(EXAMPLE))
+    by_name, pod = containers(manifests)
+    env = {e["name"]: e for e in by_name["vllm"]["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "1" and env["HF_HOME"]["value"] == "/models/hf"
+    assert "HF_TOKEN" not in env  # the vLLM pod never needs the token with a pre-fetched cache
+    cache_mount = next(m for m in by_name["vllm"]["volumeMounts"] if m["name"] == "model-cache")
+    assert cache_mount["readOnly"] is True
+    [wait] = pod["initContainers"]
+    assert wait["args"][:2] == ["weights", "wait"]
+    assert wait["args"][wait["args"].index("--cache-dir") + 1] == "/models/hf/hub"
+    job = by_kind(manifests)["Job"]
+    [fetch] = job["spec"]["template"]["spec"]["containers"]
+    assert fetch["args"] == ["weights", "fetch", "--repo", "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1",
+                             "--cache-dir", "/models/hf/hub", "--revision", "main"]
+    token = next(e for e in fetch["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "nemotron-ultra-hf-token"
+    job_volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "model-cache")
+    assert job_volume["persistentVolumeClaim"]["claimName"] == "nemotron-ultra-model-cache"
+    assert job["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    affinity = job["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]  # RWO: same node, always
+    assert term["labelSelector"]["matchLabels"] == pod_selector(manifests)
+
+
+def test_download_at_start_needs_the_token_and_no_job(make_config):
+    manifests = render(make_config(model_cache={"kind": "empty_dir"}, model={"revision": "abc123"}))
+    assert "Job" not in by_kind(manifests)
+    by_name, pod = containers(manifests)
+    env = {e["name"]: e for e in by_name["vllm"]["env"]}
+    assert "HF_HUB_OFFLINE" not in env
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert "initContainers" not in pod
+    args = by_name["vllm"]["args"]
+    assert args[args.index("--revision") + 1] == "abc123"
 
 
 def test_probes_give_the_weights_time_to_load():
@@ -238,7 +277,7 @@ def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):
     kustomization = yaml.safe_load((first / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "00-namespace-inferplane.yaml"
     assert sorted(kustomization["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
-    assert len(names) == 10
+    assert len(names) == 11
 
 
 def test_rewriting_a_directory_removes_objects_that_are_gone(make_config, tmp_path):
