@@ -198,6 +198,38 @@ class ResourcesConfig(Section):
     gateway_memory_limit: str = "256Mi"
 
 
+class AutoscalingConfig(Section):
+    """KEDA scaling on vLLM's queue; off by default (a cold start of a 253B model takes many minutes)."""
+
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=0, le=64, description="0 only with the ingress trigger (see README)")
+    max_replicas: int = Field(4, ge=1, le=64)
+    waiting_requests_per_replica: int | None = Field(
+        None, ge=1, description="queue depth that asks for another replica; default: 10% of the "
+        "sequences a replica decodes at once (from sizing)")
+    kv_cache_usage_threshold: float = Field(0.9, gt=0, le=1, description="average KV-cache use")
+    scale_down_stabilization_seconds: int = Field(1800, ge=60)
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+
+
+class ObservabilityConfig(Section):
+    """Prometheus-operator objects (need its CRDs) and the Grafana dashboard."""
+
+    pod_monitor: bool = Field(False, description="PodMonitor for the gateway's /metrics (vLLM's too)")
+    prometheus_rules: bool = Field(False, description="PrometheusRule with the alerts")
+    dashboard_config_map: bool = Field(False, description="ConfigMap for Grafana's dashboard sidecar")
+    monitoring_namespace: str = Field("monitoring", description="may scrape the gateway port")
+    budget_alert_fraction: float = Field(0.9, gt=0, le=1)
+
+
+class PriorityConfig(Section):
+    """A PriorityClass so inference pods are scheduled before, and evicted after, batch work."""
+
+    create: bool = True
+    name: str = "inferplane-inference"
+    value: int = Field(1_000_000, ge=0, le=1_000_000_000)
+
+
 class CostConfig(Section):
     """Inputs of `inferplane plan`'s cost lines; the estimate's formula is in catalog/cost.py."""
 
@@ -243,6 +275,9 @@ class DeploymentConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    priority: PriorityConfig = Field(default_factory=PriorityConfig)
     hf_token_secret_name: str | None = Field(None, description="default: <name>-hf-token")
 
     @field_validator("name", "namespace")
@@ -413,6 +448,16 @@ def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
                          f"{config.replicas} replicas on separate GPU nodes cannot share a "
                          "ReadWriteOnce volume; use ReadOnlyMany or ReadWriteMany (a shared "
                          "storage class), or model_cache.kind: host_path"))
+    scaling = config.autoscaling
+    if scaling.enabled and scaling.min_replicas > scaling.max_replicas:
+        problems.append(("autoscaling.min_replicas",
+                         f"{scaling.min_replicas} is above max_replicas {scaling.max_replicas}; "
+                         "lower it or raise autoscaling.max_replicas"))
+    if (scaling.enabled and scaling.max_replicas > 1 and config.model_cache.kind == "pvc"
+            and config.model_cache.access_mode == "ReadWriteOnce"):
+        problems.append(("model_cache.access_mode",
+                         f"autoscaling up to {scaling.max_replicas} replicas needs a cache volume "
+                         "they can share; use ReadOnlyMany or ReadWriteMany, or kind: host_path"))
     if config.model_cache.size_gib and config.model_cache.size_gib * 1024**3 < config.model_spec.weights_bytes:
         problems.append(("model_cache.size_gib",
                          f"{config.model_cache.size_gib} GiB is smaller than the weights "

@@ -22,12 +22,20 @@ def node_hourly_price(config: DeploymentConfig) -> Decimal | None:
     return Decimal(str(machine.example_hourly_usd))
 
 
+def decode_concurrency(config: DeploymentConfig, report: SizingReport) -> int:
+    """Sequences a replica decodes at once: configured, else 64 or what the KV cache holds."""
+    cost = config.cost
+    if cost.concurrency:
+        return cost.concurrency
+    fits = report.kv_token_capacity // cost.average_context_tokens
+    return max(1, min(config.model.max_num_seqs or DEFAULT_CONCURRENCY, DEFAULT_CONCURRENCY, fits))
+
+
 def throughput(config: DeploymentConfig, report: SizingReport) -> ThroughputEstimate:
     """Measured figures from config when given, else the catalog estimate."""
     cost = config.cost
     ratio = cost.input_tokens_per_output_token
-    concurrency = cost.concurrency or max(1, min(DEFAULT_CONCURRENCY,
-                                                 report.kv_token_capacity // cost.average_context_tokens))
+    concurrency = decode_concurrency(config, report)
     if cost.output_tokens_per_second:
         output = cost.output_tokens_per_second
         return ThroughputEstimate(output, cost.input_tokens_per_second or output * ratio,

@@ -28,8 +28,11 @@ MODEL_CACHE_DIR = "/models"
 HF_HOME = f"{MODEL_CACHE_DIR}/hf"
 HF_HUB_CACHE = f"{HF_HOME}/hub"  # where huggingface_hub, transformers and vLLM all look
 # Order in which objects are applied and written: what others refer to comes first.
-KIND_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Job",
-              "Deployment", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy"]
+KIND_ORDER = ["Namespace", "PriorityClass", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim",
+              "Job", "Deployment", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy",
+              "ScaledObject", "PodMonitor", "PrometheusRule"]
+# HorizontalPodAutoscaler behavior policies accept periods up to 30 minutes.
+HPA_MAX_PERIOD_SECONDS = 1800
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
 _VLLM_HEALTH_CHECK = (
@@ -139,6 +142,54 @@ def _job_pod_affinity(config: DeploymentConfig) -> dict[str, Any]:
     return {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
 
 
+def waiting_requests_per_replica(config: DeploymentConfig) -> int:
+    """Queue depth per replica that asks for another: 10% of what a replica decodes at once."""
+    from inferplane.planning import decode_concurrency
+
+    configured = config.autoscaling.waiting_requests_per_replica
+    return configured or max(1, -(-decode_concurrency(config, config.sizing()) // 10))
+
+
+def scaled_object_spec(config: DeploymentConfig) -> dict[str, Any]:
+    """KEDA ScaledObject spec: vLLM's queue and KV-cache use, paced by how long a replica loads."""
+    scaling = config.autoscaling
+    pods = f'namespace="{config.namespace}",pod=~"{config.name}-.*"'
+    prometheus = scaling.prometheus_url
+    triggers = [
+        {"type": "prometheus", "name": "queue", "metricType": "AverageValue", "metadata": {
+            "serverAddress": prometheus,
+            "query": f"sum(vllm:num_requests_waiting{{{pods}}})",
+            "threshold": str(waiting_requests_per_replica(config))}},
+        {"type": "prometheus", "name": "kv-cache", "metricType": "Value", "metadata": {
+            "serverAddress": prometheus,
+            "query": f"avg(vllm:kv_cache_usage_perc{{{pods}}})",
+            "threshold": str(scaling.kv_cache_usage_threshold)}},
+    ]
+    if scaling.min_replicas == 0:
+        # With no pod there is no vLLM metric: requests reaching the ingress wake the service.
+        triggers.append({"type": "prometheus", "name": "ingress-requests", "metadata": {
+            "serverAddress": prometheus,
+            "query": ("sum(rate(nginx_ingress_controller_requests{"
+                      f'exported_namespace="{config.namespace}",exported_service="{config.name}"}}[2m]))'),
+            "threshold": "1000000", "activationThreshold": "0"}})
+    # A new replica needs the startup budget to load: add at most one per budget window.
+    scale_up_period = min(config.startup_budget_seconds, HPA_MAX_PERIOD_SECONDS)
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": config.name},
+        "pollingInterval": 30,
+        "cooldownPeriod": scaling.scale_down_stabilization_seconds,
+        "minReplicaCount": scaling.min_replicas,
+        "maxReplicaCount": scaling.max_replicas,
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+            "scaleUp": {"stabilizationWindowSeconds": 0,
+                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": scale_up_period}]},
+            "scaleDown": {"stabilizationWindowSeconds": min(scaling.scale_down_stabilization_seconds, 3600),
+                          "policies": [{"type": "Pods", "value": 1, "periodSeconds": 600}]},
+        }}},
+        "triggers": triggers,
+    }
+
+
 def _rolling_update(config: DeploymentConfig) -> dict[str, Any]:
     # GPUs are scarce, so no surge, except with one replica: then the old pod keeps serving until
     # the new one is ready (the surge pod waits Pending if no spare GPU node exists).
@@ -227,6 +278,11 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "tls_secret_name": config.tls_secret_name,
         "ingress_annotations": _ingress_annotations(config),
         "pdb_max_unavailable": 1,
+        "priority": config.priority,
+        "priority_labels": labels(config, "scheduling"),
+        "scaled_object_spec": scaled_object_spec(config) if config.autoscaling.enabled else None,
+        "monitoring_namespace": config.observability.monitoring_namespace,
+        "pod_monitor": config.observability.pod_monitor,
     }
 
 
@@ -249,12 +305,18 @@ def _ingress_annotations(config: DeploymentConfig) -> dict[str, str]:
 
 def _template_names(config: DeploymentConfig) -> list[str]:
     names = ["namespace.yaml.j2", "serviceaccount.yaml.j2", "configmap-gateway.yaml.j2"]
+    if config.priority.create:
+        names.append("priorityclass.yaml.j2")
     if config.model_cache.kind == "pvc":
         names += ["pvc-model-cache.yaml.j2", "job-fetch-weights.yaml.j2"]
     names += ["deployment.yaml.j2", "service.yaml.j2"]
     if config.ingress.enabled:
         names.append("ingress.yaml.j2")
     names += ["poddisruptionbudget.yaml.j2", "networkpolicy.yaml.j2"]
+    if config.autoscaling.enabled:
+        names.append("scaledobject.yaml.j2")
+    if config.observability.pod_monitor:
+        names.append("podmonitor.yaml.j2")
     return names
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from inferplane.catalog import MODELS
 from inferplane.config import load
+from inferplane.crds import CRD_SOURCES, validate_custom_resource
 from inferplane.render import render, to_multi_document, write_directory
 
 from ..conftest import EXAMPLE, KUBERNETES_SCHEMA_VERSION, REPO
@@ -48,13 +49,20 @@ VARIANTS = {
                              "model_cache": {"kind": "host_path", "host_path": "/mnt/models"}},
     "download-at-start": {"model_cache": {"kind": "empty_dir"}},
     "two-replicas": {"replicas": 2, "model_cache": {"access_mode": "ReadOnlyMany", "storage_class": "filestore"}},
+    "operations": {"autoscaling": {"enabled": True, "min_replicas": 0, "max_replicas": 3},
+                   "model_cache": {"access_mode": "ReadWriteMany"},
+                   "observability": {"pod_monitor": True, "prometheus_rules": True},
+                   "priority": {"create": False, "name": "gpu-critical"}},
 }
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_manifest_validates_strictly_against_the_pinned_kubernetes_schema(make_config, variant):
     for manifest in render(make_config(**VARIANTS[variant])):
-        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
+        if (manifest["apiVersion"], manifest["kind"]) in CRD_SOURCES:
+            validate_custom_resource(manifest)  # against the CRD of the version we target
+        else:
+            kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
 
 
 def test_strict_validation_really_rejects_an_unknown_field(make_config):
@@ -277,7 +285,7 @@ def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):
     kustomization = yaml.safe_load((first / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "00-namespace-inferplane.yaml"
     assert sorted(kustomization["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
-    assert len(names) == 11
+    assert len(names) == 12
 
 
 def test_rewriting_a_directory_removes_objects_that_are_gone(make_config, tmp_path):
