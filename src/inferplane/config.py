@@ -33,8 +33,9 @@ from inferplane.catalog.regions import eu_regions_for, is_eu_region, zone_in_reg
 Cloud = Literal["gke", "eks", "scaleway", "existing", "local"]
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# Where the weights come from decides how fast they load: GB/s assumed for the startup budget.
-WEIGHT_LOAD_GB_PER_SECOND = {"pvc": 1.0, "host_path": 2.0, "empty_dir": 0.25}
+# How fast vLLM reads weights from a pre-filled cache, GB/s: a network disk (PVC; e.g. GKE
+# hyperdisk or EBS gp3 at its throughput limit) or a node's local NVMe (host_path).
+WEIGHT_LOAD_GB_PER_SECOND = {"pvc": 1.0, "host_path": 2.0}
 
 
 class Section(BaseModel):
@@ -165,6 +166,8 @@ class ModelCacheConfig(Section):
     filled by you, or an emptyDir that vLLM downloads into at every start."""
 
     kind: Literal["pvc", "host_path", "empty_dir"] = "pvc"
+    download_gb_per_second: float = Field(0.25, gt=0, description="sustained Hugging Face download")
+    verify_gb_per_second: float = Field(2.0, gt=0, description="sha256 over all files, in parallel")
     prefetch_timeout_seconds: int = Field(6 * 3600, ge=600, description="pre-fetch Job deadline")
     claim_name: str | None = Field(None, description="default: <name>-model-cache")
     storage_class: str | None = None
@@ -177,7 +180,8 @@ class ProbeConfig(Section):
     """Health-check budgets; the startup budget is derived from the weights unless set."""
 
     startup_budget_seconds: int | None = Field(None, ge=60)
-    weight_load_gb_per_second: float | None = Field(None, gt=0, description="default by cache kind")
+    weight_load_gb_per_second: float | None = Field(
+        None, gt=0, description="default: pvc 1.0, host_path 2.0, empty_dir model_cache.download_gb_per_second")
     engine_warmup_seconds: int = Field(600, ge=0, description="compile + CUDA graphs after load")
     period_seconds: int = Field(10, ge=1, le=60)
     readiness_failure_threshold: int = Field(3, ge=1)
@@ -361,15 +365,34 @@ class DeploymentConfig(Section):
             return self.model_cache.size_gib
         return math.ceil(self.model_spec.weights_bytes * 1.2 / 1024**3)
 
+    def start_seconds(self, kind: str | None = None) -> tuple[float, float]:
+        """(cold start, warm restart) of one replica with cache `kind`, in seconds, estimated.
+
+        warm = weights / load rate + engine warm-up (empty_dir: the load is a download);
+        cold = warm + download + verify for the caches filled once (pvc by the Job, host_path).
+        """
+        kind = kind or self.model_cache.kind
+        weights_gb = self.model_spec.weights_gb
+        cache = self.model_cache
+        if kind == "empty_dir":
+            load = weights_gb / (self.probes.weight_load_gb_per_second or cache.download_gb_per_second)
+        else:
+            load = weights_gb / (self.probes.weight_load_gb_per_second or WEIGHT_LOAD_GB_PER_SECOND[kind])
+        warm = load + self.probes.engine_warmup_seconds
+        if kind == "empty_dir":
+            return warm, warm
+        fill = weights_gb / cache.download_gb_per_second + weights_gb / cache.verify_gb_per_second
+        return warm + fill, warm
+
     @property
     def startup_budget_seconds(self) -> int:
-        """Weights / load rate + engine warm-up, with 50% headroom, rounded up to the probe period."""
+        """The warm start (the probe starts after the weights are in place) with 50% headroom,
+        rounded up to the probe period."""
         if self.probes.startup_budget_seconds:
             return self.probes.startup_budget_seconds
-        rate = self.probes.weight_load_gb_per_second or WEIGHT_LOAD_GB_PER_SECOND[self.model_cache.kind]
-        seconds = (self.model_spec.weights_gb / rate + self.probes.engine_warmup_seconds) * 1.5
+        _, warm = self.start_seconds()
         period = self.probes.period_seconds
-        return math.ceil(seconds / period) * period
+        return math.ceil(warm * 1.5 / period) * period
 
     def sizing(self) -> SizingReport:
         """The memory plan for one replica; raises SizingError with numbers when it cannot work."""

@@ -65,6 +65,8 @@ def plan_document(config: DeploymentConfig, report: SizingReport) -> dict[str, A
     document["throughput"] = {k: getattr(rate, k) for k in rate.__dataclass_fields__}
     document["cost"] = cost.as_dict() if cost else None
     document["currency"] = config.metering.currency
+    document["start_seconds"] = {kind: dict(zip(("cold", "warm"), config.start_seconds(kind)))
+                                 for kind in ("pvc", "host_path", "empty_dir")}
     return document
 
 
@@ -89,7 +91,17 @@ def plan_rows(config: DeploymentConfig, report: SizingReport) -> list[tuple[str,
         ("nodes", str(report.nodes)),
         ("startup probe budget", f"{config.startup_budget_seconds} s ({config.model_cache.kind} cache)"),
     ]
-    return rows + cost_rows(config, report)
+    return rows + start_rows(config) + cost_rows(config, report)
+
+
+def start_rows(config: DeploymentConfig) -> list[tuple[str, str]]:
+    """Cold start and warm restart of a replica for each cache choice (formula: config.start_seconds)."""
+    rows = []
+    for kind in ("pvc", "host_path", "empty_dir"):
+        cold, warm = config.start_seconds(kind)
+        chosen = "  <- configured" if kind == config.model_cache.kind else ""
+        rows.append((f"start with {kind}", f"cold {cold / 60:.0f} min, warm restart {warm / 60:.0f} min{chosen}"))
+    return rows
 
 
 def cost_rows(config: DeploymentConfig, report: SizingReport) -> list[tuple[str, str]]:

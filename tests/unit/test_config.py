@@ -161,3 +161,16 @@ def test_every_problem_is_reported_at_once():
 def test_default_config_is_the_local_embedded_one():
     config = DeploymentConfig()
     assert (config.cloud, config.region) == ("local", "local")
+
+
+def test_cold_and_warm_start_estimates_per_cache_kind(make_config):
+    config = make_config()
+    download, verify = 506.8 / 0.25, 506.8 / 2.0
+    cold, warm = config.start_seconds("pvc")
+    assert warm == pytest.approx(506.8 / 1.0 + 600)
+    assert cold == pytest.approx(warm + download + verify)
+    cold, warm = config.start_seconds("host_path")
+    assert warm == pytest.approx(506.8 / 2.0 + 600) and cold == pytest.approx(warm + download + verify)
+    assert config.start_seconds("empty_dir") == pytest.approx((download + 600, download + 600))
+    faster = make_config(model_cache={"download_gb_per_second": 1.0})
+    assert faster.start_seconds("empty_dir")[0] == pytest.approx(506.8 + 600)
