@@ -1,0 +1,255 @@
+"""The simulated engine: what to generate for a request, when each token is ready, and the
+bookkeeping vLLM's scheduler would do (batch slots, queue, KV cache, prefix cache, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from inferplane.catalog import ReasoningStyle
+from inferplane.simulator.generation import THINK_OVERHEAD_TOKENS, TextGenerator, prompt_digest
+from inferplane.simulator.metrics import ModelStats, SimulatorMetrics
+from inferplane.simulator.protocol import ChatCompletionRequest, ClientError, CompletionRequest
+from inferplane.simulator.settings import SimulatorSettings
+from inferplane.simulator.tokens import (
+    CHAT_PRIMER_TOKENS,
+    COMPLETION_PRIMER_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    count_text_tokens,
+    message_text,
+)
+
+PREFIX_CACHE_BLOCK_TOKENS = 16  # vLLM's default block size: hits are counted in whole blocks
+_PREFIX_CACHE_ENTRIES = 65536
+
+
+@dataclass
+class ServedModel:
+    """One served name: its limits, reasoning behaviour, counters and batch slots."""
+
+    name: str
+    max_model_len: int
+    reasoning_style: ReasoningStyle
+    reasoning_prompts: dict[str, str]
+    reasoning_default_on: bool
+    stats: ModelStats
+    slots: asyncio.Semaphore
+
+
+@dataclass
+class Generation:
+    """One planned request: its prompt accounting and the exact pieces it will emit."""
+
+    model: ServedModel
+    prompt_tokens: int
+    max_tokens: int
+    pieces: list[str]
+    finish_reason: str
+    cached_tokens: int = 0
+    prefix_keys: list[tuple[int, int]] = field(default_factory=list)
+    arrived: float = field(default_factory=time.monotonic)
+    admitted: float = 0.0  # when it got a batch slot; prefill (TTFT) starts here
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces)
+
+
+def reasoning_requested(messages: list, prompts: dict[str, str], default_on: bool) -> bool:
+    """Nemotron's toggle: a system-message line equal to "detailed thinking on|off" (the last one
+    wins); with no such line, the model's default (on for Nemotron-Ultra)."""
+    on, off = prompts.get("on"), prompts.get("off")
+    choice = default_on
+    for message in messages:
+        if message.role != "system":
+            continue
+        for line in message_text(message).splitlines():
+            line = line.strip()
+            if line == on:
+                choice = True
+            elif line == off:
+                choice = False
+    return choice
+
+
+class SimulatedEngine:
+    """Plans generations and keeps vLLM's scheduler state and metrics for every served model."""
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+        self.generator = TextGenerator(settings.seed)
+        self.models: dict[str, ServedModel] = {}
+        for name in settings.served_model_names:
+            spec = settings.model_spec_for(name)
+            max_len = settings.max_model_len_for(name)
+            self.models[name] = ServedModel(
+                name=name,
+                max_model_len=max_len,
+                reasoning_style=spec.reasoning_style,
+                reasoning_prompts=dict(spec.reasoning_prompts),
+                reasoning_default_on=spec.reasoning_default_on,
+                stats=ModelStats(max_len, settings.kv_cache_capacity_tokens),
+                slots=asyncio.Semaphore(settings.max_num_seqs),
+            )
+        self.default_model = self.models[settings.served_model_names[0]]
+        self.metrics = SimulatorMetrics({name: m.stats for name, m in self.models.items()})
+        self._prefix_cache: OrderedDict[int, int] = OrderedDict()
+
+    # -- planning -------------------------------------------------------------------------
+
+    def resolve_model(self, name: str | None) -> ServedModel:
+        if name is None or name == "":
+            return self.default_model  # vLLM serves its model when the request names none
+        model = self.models.get(name)
+        if model is None:
+            raise ClientError(f"The model `{name}` does not exist.", 404, param="model")
+        return model
+
+    def plan_chat(self, request: ChatCompletionRequest) -> Generation:
+        model = self.resolve_model(request.model)
+        _check_common(request)
+        prompt_tokens = CHAT_PRIMER_TOKENS
+        texts = []
+        boundaries: list[tuple[str, int]] = []
+        for message in request.messages:
+            text = message_text(message)
+            prompt_tokens += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(text)
+            texts.append(f"{message.role}\x00{text}")
+            boundaries.append((texts[-1], prompt_tokens))
+        reasoning_tokens = 0
+        if model.reasoning_style is ReasoningStyle.SYSTEM_PROMPT and reasoning_requested(
+            request.messages, model.reasoning_prompts, model.reasoning_default_on
+        ):
+            reasoning_tokens = self.settings.reasoning_tokens
+        requested = (request.max_completion_tokens if request.max_completion_tokens is not None
+                     else request.max_tokens)
+        param = ("max_completion_tokens" if request.max_completion_tokens is not None
+                 else "max_tokens")
+        generation = self._plan(model, prompt_tokens, "\x01".join(texts), request, requested, param,
+                                reasoning_tokens, continuation=False)
+        if self.settings.enable_prompt_tokens_details:
+            self._apply_prefix_cache(generation, boundaries)
+        return generation
+
+    def plan_completion(self, request: CompletionRequest) -> Generation:
+        model = self.resolve_model(request.model)
+        _check_common(request)
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            prompt_tokens = COMPLETION_PRIMER_TOKENS + count_text_tokens(prompt)
+            prompt_text = prompt
+        else:
+            prompt_tokens = len(prompt)
+            prompt_text = ",".join(map(str, prompt))
+        if prompt_tokens == 0:
+            raise ClientError("the prompt is empty; send at least one token", param="prompt")
+        generation = self._plan(model, prompt_tokens, prompt_text, request, request.max_tokens,
+                                "max_tokens", 0, continuation=True)
+        if self.settings.enable_prompt_tokens_details:
+            self._apply_prefix_cache(generation, [(prompt_text, prompt_tokens)])
+        return generation
+
+    def _plan(self, model: ServedModel, prompt_tokens: int, prompt_text: str, request,
+              requested: int | None, param: str, reasoning_tokens: int,
+              continuation: bool) -> Generation:
+        max_len = model.max_model_len
+        if requested is not None and requested < 1:
+            raise ClientError(f"{param} must be at least 1, got {requested}.", param=param)
+        asked = requested or 0
+        if prompt_tokens >= max_len or prompt_tokens + asked > max_len:
+            raise ClientError(
+                f"This model's maximum context length is {max_len} tokens. However, you "
+                f"requested {asked} output tokens and your prompt contains at least "
+                f"{prompt_tokens} input tokens, for a total of at least {prompt_tokens + asked} "
+                "tokens. Please reduce the length of the input prompt or the number of requested "
+                f"output tokens. (parameter=input_tokens, value={prompt_tokens})",
+                param="input_tokens",
+            )
+        max_tokens = requested if requested is not None else max_len - prompt_tokens
+        natural = self.settings.output_tokens
+        if reasoning_tokens:
+            natural += THINK_OVERHEAD_TOKENS + reasoning_tokens
+        natural = max(natural, request.min_tokens)
+        if request.ignore_eos or natural > max_tokens:
+            length, finish_reason = max_tokens, "length"
+        else:
+            length, finish_reason = natural, "stop"
+        digest = prompt_digest(prompt_text, request.seed)
+        pieces = self.generator.pieces(digest, reasoning_tokens, length, continuation)
+        return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason)
+
+    def _apply_prefix_cache(self, generation: Generation,
+                            boundaries: list[tuple[str, int]]) -> None:
+        """Cached tokens: the longest earlier-seen prefix of whole messages, in whole blocks,
+        never the full prompt (vLLM always recomputes the last token)."""
+        digest, hit = 0, 0
+        for text, tokens in boundaries:
+            digest = zlib.crc32(text.encode("utf-8", "surrogatepass"), digest)
+            key = digest * 1_000_003 + tokens
+            generation.prefix_keys.append((key, tokens))
+            if key in self._prefix_cache:
+                hit = tokens
+                self._prefix_cache.move_to_end(key)
+        hit = min(hit, generation.prompt_tokens - 1)
+        generation.cached_tokens = hit - hit % PREFIX_CACHE_BLOCK_TOKENS
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def admit(self, generation: Generation) -> None:
+        """Take a batch slot, queueing (vllm:num_requests_waiting) when all are busy."""
+        model = generation.model
+        stats = model.stats
+        if model.slots.locked():
+            stats.waiting += 1
+            try:
+                await model.slots.acquire()
+            finally:
+                stats.waiting -= 1
+        else:
+            await model.slots.acquire()
+        stats.running += 1
+        stats.kv_tokens += generation.prompt_tokens + generation.completion_tokens
+        generation.admitted = time.monotonic()
+        stats.queue_time.observe(generation.admitted - generation.arrived)
+
+    def first_token(self, generation: Generation) -> None:
+        """Prefill done: count the prompt, as vLLM does once it has computed it."""
+        stats = generation.model.stats
+        stats.ttft.observe(time.monotonic() - generation.arrived)
+        stats.prompt_tokens += generation.prompt_tokens
+        stats.prefix_cache_queries += generation.prompt_tokens
+        stats.prefix_cache_hits += generation.cached_tokens
+        for key, _tokens in generation.prefix_keys:
+            self._prefix_cache[key] = 1
+        while len(self._prefix_cache) > _PREFIX_CACHE_ENTRIES:
+            self._prefix_cache.popitem(last=False)
+
+    def finish(self, generation: Generation, generated: int, finish_reason: str,
+               first_token_at: float | None) -> None:
+        """Release the slot and record the request (finish_reason "abort" on disconnect)."""
+        stats = generation.model.stats
+        now = time.monotonic()
+        stats.running -= 1
+        stats.kv_tokens -= generation.prompt_tokens + generation.completion_tokens
+        stats.generation_tokens += generated
+        stats.success[finish_reason] += 1
+        stats.e2e.observe(now - generation.arrived)
+        stats.request_prompt_tokens.observe(generation.prompt_tokens)
+        stats.request_generation_tokens.observe(generated)
+        stats.request_max_tokens.observe(generation.max_tokens)
+        if first_token_at is not None and generated > 1:
+            stats.inter_token.observe((now - first_token_at) / (generated - 1), generated - 1)
+        generation.model.slots.release()
+
+
+def _check_common(request) -> None:
+    if request.n not in (None, 1):
+        raise ClientError(f"the simulator generates one choice per request; n must be 1, "
+                          f"got {request.n}", param="n")
+    if request.stream_options is not None and not request.stream:
+        raise ClientError("Stream options can only be defined when `stream=True`.",
+                          param="stream_options")
