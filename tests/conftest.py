@@ -9,6 +9,9 @@ import pytest
 
 from inferplane.config import DeploymentConfig, from_mapping
 
+# A real PostgreSQL server for the ledger tests (started once, from the machine's binaries).
+pytest_plugins = ["inferplane.testing.postgres"]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nemotron-ultra.yaml"
 # The Kubernetes minor whose OpenAPI schema the rendered manifests must satisfy.

@@ -1,0 +1,181 @@
+"""What every ledger backend shares: the interface, the errors, record checks and time helpers."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from typing import Sequence
+
+from inferplane.gateway.records import UsageRecord
+
+# What `summary()` can group by; `day` and `month` are UTC calendar periods of `created_at`.
+SUMMARY_GROUPS = ("key_id", "tenant", "model", "endpoint", "day", "month")
+
+# Fields a database column holds; `recorded_at` (commit time) exists only in the tables.
+RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
+
+
+class LedgerError(Exception):
+    """Base of every ledger error."""
+
+
+class LedgerConfigError(LedgerError, ValueError):
+    """The ledger URL (or an option in it) is wrong; the message says which forms work."""
+
+
+class LedgerNotFoundError(LedgerError):
+    """Opened with `create=False` and there is no ledger there yet."""
+
+
+class LedgerSchemaError(LedgerError):
+    """The database holds a newer schema than this inferplane knows: upgrade inferplane."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The database cannot be written right now (down, locked, disk full); worth retrying."""
+
+
+class LedgerBacklogFullError(LedgerError):
+    """The writer's in-memory retry buffer is full; this record was NOT kept."""
+
+
+class LedgerRecordError(LedgerError, ValueError):
+    """This record can never be written (a field has the wrong type or value)."""
+
+
+@dataclass(frozen=True)
+class UsageSummaryRow:
+    """Totals of one group (e.g. one key, model and day) in one currency; cost is exact."""
+
+    group: dict[str, str]
+    currency: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost: Decimal
+
+
+class Ledger(ABC):
+    """Durable, idempotent store of usage records keyed by request id."""
+
+    @abstractmethod
+    def write(self, records: Sequence[UsageRecord]) -> int:
+        """Commit `records` in one transaction; replays are ignored. Returns how many were new.
+
+        Durable when it returns. Raises LedgerUnavailableError when the database cannot be
+        written now (nothing was written), LedgerRecordError for a record that never can be.
+        """
+
+    @abstractmethod
+    def records(self, since: datetime | date | None = None, until: datetime | date | None = None,
+                key_id: str | None = None) -> list[UsageRecord]:
+        """Records with since <= created_at < until (UTC), oldest first."""
+
+    @abstractmethod
+    def summary(self, group_by: Sequence[str] = ("key_id", "model", "day"),
+                since: datetime | date | None = None, until: datetime | date | None = None,
+                key_id: str | None = None) -> list[UsageSummaryRow]:
+        """Token, request and exact cost totals per group (always also per currency)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many records the ledger holds."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connections; the ledger cannot be used afterwards."""
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_group_by(group_by: Sequence[str]) -> tuple[str, ...]:
+    """The group columns in the caller's order, or LedgerConfigError naming the allowed ones."""
+    if isinstance(group_by, str):
+        group_by = [part.strip() for part in group_by.split(",") if part.strip()]
+    unknown = [name for name in group_by if name not in SUMMARY_GROUPS]
+    if unknown:
+        raise LedgerConfigError(f"cannot group usage by {', '.join(map(repr, unknown))}: "
+                                f"choose from {', '.join(SUMMARY_GROUPS)}")
+    return tuple(dict.fromkeys(group_by))  # drop repeats, keep order
+
+
+def to_utc(moment: datetime | date | None) -> datetime | None:
+    """A bound or timestamp as an aware UTC datetime; a date means its midnight UTC.
+
+    Naive datetimes are taken as UTC (the gateway's records are UTC by contract) rather than
+    rejected, so a record is never lost over a missing tzinfo.
+    """
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        return datetime.combine(moment, time.min, tzinfo=timezone.utc)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def iso_utc(moment: datetime) -> str:
+    """Fixed-width ISO-8601 in UTC (microseconds, +00:00), so text order is time order."""
+    utc = to_utc(moment)
+    assert utc is not None
+    return utc.isoformat(timespec="microseconds")
+
+
+def _check_text(name: str, value: object, *, required: bool = True) -> None:
+    if not isinstance(value, str):
+        raise LedgerRecordError(f"usage record field {name!r} must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise LedgerRecordError(f"usage record field {name!r} must not be empty")
+    if "\x00" in value:
+        raise LedgerRecordError(f"usage record field {name!r} must not contain NUL characters")
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LedgerRecordError(f"usage record field {name!r} must be an int >= 0, got {value!r}")
+
+
+def _check_money(name: str, value: object) -> None:
+    # Money is Decimal all the way: a float here would already have lost exactness.
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise LedgerRecordError(f"usage record field {name!r} must be a finite Decimal, got {value!r}")
+
+
+def _check_millis(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LedgerRecordError(f"usage record field {name!r} must be a finite number of ms, got {value!r}")
+
+
+def check_record(record: UsageRecord) -> None:
+    """Raise LedgerRecordError (naming the field) for a record no database would accept.
+
+    Checked before a record is queued, so that one bad record cannot block a batch.
+    """
+    if not isinstance(record, UsageRecord):
+        raise LedgerRecordError(f"expected a UsageRecord, got {type(record).__name__}")
+    _check_text("request_id", record.request_id)
+    for name in ("key_id", "tenant", "model", "endpoint", "currency"):
+        # Empty is allowed (e.g. no tenant when auth is off): refusing would lose the record.
+        _check_text(name, getattr(record, name), required=False)
+    if not isinstance(record.created_at, datetime):
+        raise LedgerRecordError(f"usage record field 'created_at' must be a datetime, got {record.created_at!r}")
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+        _check_count(name, getattr(record, name))
+    for name in ("input_price_per_million", "output_price_per_million", "cost"):
+        _check_money(name, getattr(record, name))
+    if isinstance(record.status, bool) or not isinstance(record.status, int):
+        raise LedgerRecordError(f"usage record field 'status' must be an int, got {record.status!r}")
+    if not isinstance(record.streamed, bool):
+        raise LedgerRecordError(f"usage record field 'streamed' must be a bool, got {record.streamed!r}")
+    _check_millis("latency_ms", record.latency_ms)
+    _check_millis("ttft_ms", record.ttft_ms, optional=True)

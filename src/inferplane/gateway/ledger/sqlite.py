@@ -1,0 +1,265 @@
+"""The SQLite ledger: the default, one file next to the gateway (WAL mode).
+
+Durability: WAL with `synchronous=NORMAL`. A commit appends the transaction to the WAL file
+with write() before COMMIT returns; only the fsync is deferred to checkpoints. Data that has
+reached the kernel survives the death of the process (SIGKILL, OOM kill, a crash), which is
+the failure this sidecar must survive. What NORMAL gives up is the last few commits on a power
+loss or kernel crash (the database stays consistent). Pass `?synchronous=full` in the URL to
+fsync every commit as well; with group commit that is one fsync per batch, not per request.
+"""
+
+from __future__ import annotations
+
+import decimal
+import sqlite3
+import threading
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Sequence
+
+from inferplane.gateway.ledger.base import (
+    RECORD_FIELDS,
+    Ledger,
+    LedgerError,
+    LedgerNotFoundError,
+    LedgerRecordError,
+    LedgerUnavailableError,
+    UsageSummaryRow,
+    check_group_by,
+    check_record,
+    iso_utc,
+    to_utc,
+)
+from inferplane.gateway.ledger.migrations import SQLITE_MIGRATIONS, pending_migrations
+from inferplane.gateway.records import UsageRecord
+
+SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
+
+_COLUMNS = ", ".join(RECORD_FIELDS)
+_INSERT = (f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)}) "
+           "ON CONFLICT (request_id) DO NOTHING")
+_GROUP_EXPRESSIONS = {
+    "key_id": "key_id",
+    "tenant": "tenant",
+    "model": "model",
+    "endpoint": "endpoint",
+    "day": "substr(created_at, 1, 10)",  # created_at is UTC ISO-8601 text
+    "month": "substr(created_at, 1, 7)",
+}
+# Errors that say "this data can never go in" rather than "the database is not writable now".
+_RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
+                  sqlite3.ProgrammingError)
+
+# Sums are exact or fail: a context wide enough for any ledger, trapping any rounding.
+_EXACT = decimal.Context(prec=200, traps=[decimal.Inexact, decimal.Overflow, decimal.InvalidOperation])
+
+
+class _DecimalSum:
+    """SQL aggregate `decimal_sum(text)`: SQLite's own sum() would add the texts as floats."""
+
+    def __init__(self) -> None:
+        self.total = Decimal(0)
+
+    def step(self, value: str) -> None:
+        self.total = _EXACT.add(self.total, Decimal(value))
+
+    def finalize(self) -> str:
+        return format(self.total, "f")
+
+
+def _encode(record: UsageRecord) -> tuple[object, ...]:
+    return (
+        record.request_id, record.key_id, record.tenant, record.model, record.endpoint,
+        iso_utc(record.created_at),
+        record.prompt_tokens, record.completion_tokens, record.cached_tokens,
+        format(record.input_price_per_million, "f"), format(record.output_price_per_million, "f"),
+        format(record.cost, "f"),
+        record.currency, record.status, int(record.streamed),
+        float(record.latency_ms), None if record.ttft_ms is None else float(record.ttft_ms),
+    )
+
+
+def _decode(row: sqlite3.Row | tuple) -> UsageRecord:
+    (request_id, key_id, tenant, model, endpoint, created_at, prompt_tokens, completion_tokens,
+     cached_tokens, input_price, output_price, cost, currency, status, streamed, latency_ms,
+     ttft_ms) = row
+    return UsageRecord(
+        request_id=request_id, key_id=key_id, tenant=tenant, model=model, endpoint=endpoint,
+        created_at=datetime.fromisoformat(created_at),
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens,
+        input_price_per_million=Decimal(input_price), output_price_per_million=Decimal(output_price),
+        cost=Decimal(cost), currency=currency, status=status, streamed=bool(streamed),
+        latency_ms=latency_ms, ttft_ms=ttft_ms,
+    )
+
+
+def _where(since: datetime | date | None, until: datetime | date | None,
+           key_id: str | None) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    params: list[object] = []
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(iso_utc(to_utc(since)))  # type: ignore[arg-type]
+    if until is not None:
+        clauses.append("created_at < ?")
+        params.append(iso_utc(to_utc(until)))  # type: ignore[arg-type]
+    if key_id is not None:
+        clauses.append("key_id = ?")
+        params.append(key_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class SQLiteLedger(Ledger):
+    """A ledger in one SQLite file: a write connection and a read connection, each under a lock.
+
+    In the gateway only AsyncLedgerWriter's thread writes, so the write lock is uncontended;
+    it exists so that tests and tools may call `write()` from any thread.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000,
+                 create: bool = True) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}")
+        if not self.path.exists():
+            if not create:
+                raise LedgerNotFoundError(f"no ledger at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._writer = self._connect()
+            self._migrate(create=create)
+            self._reader = self._connect()
+        except sqlite3.Error as error:
+            raise LedgerUnavailableError(f"cannot open SQLite ledger {self.path}: {error}") from error
+        self._reader.create_aggregate("decimal_sum", 1, _DecimalSum)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; write() says BEGIN/COMMIT itself.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=self._busy_timeout_ms / 1000)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        return connection
+
+    def _migrate(self, *, create: bool) -> None:
+        connection = self._writer
+        has_versions = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+        if not has_versions and not create:
+            raise LedgerNotFoundError(f"{self.path} is not an inferplane ledger (no schema_version table)")
+        if has_versions:
+            current = connection.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            if not pending_migrations(current, SQLITE_MIGRATIONS, str(self.path)):
+                return  # up to date: no write lock needed (reports may read a read-only copy)
+        # IMMEDIATE takes the write lock first, so two processes opening at once migrate once.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                               "version INTEGER NOT NULL PRIMARY KEY, applied_at TEXT NOT NULL)")
+            current = connection.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            for version, statements in pending_migrations(current, SQLITE_MIGRATIONS, str(self.path)):
+                for statement in statements:
+                    connection.execute(statement)
+                connection.execute("INSERT INTO schema_version (version, applied_at) VALUES "
+                                   "(?, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))", (version,))
+            connection.execute("COMMIT")
+        except BaseException:
+            self._rollback(connection)
+            raise
+
+    @staticmethod
+    def _rollback(connection: sqlite3.Connection) -> None:
+        # A failed ROLLBACK (e.g. the disk went away) must not hide the error that caused it;
+        # SQLite rolls back an unfinished transaction by itself when the file is next opened.
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def schema_version(self) -> int:
+        """The newest migration applied to this file."""
+        with self._read_lock:
+            return self._reader.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"the SQLite ledger {self.path} is closed")
+
+    def write(self, records: Sequence[UsageRecord]) -> int:
+        self._check_open()
+        for record in records:
+            check_record(record)
+        rows = [_encode(record) for record in records]
+        if not rows:
+            return 0
+        with self._write_lock:
+            connection = self._writer
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                before = connection.total_changes
+                connection.executemany(_INSERT, rows)
+                inserted = connection.total_changes - before
+                connection.execute("COMMIT")
+                return inserted
+            except sqlite3.Error as error:
+                self._rollback(connection)
+                if isinstance(error, _RECORD_ERRORS):
+                    raise LedgerRecordError(f"SQLite ledger {self.path} refused a record: {error}") from error
+                # Locked, disk full, I/O error, read-only file: nothing was written; retry later.
+                raise LedgerUnavailableError(f"SQLite ledger {self.path} not writable: {error}") from error
+
+    def records(self, since: datetime | date | None = None, until: datetime | date | None = None,
+                key_id: str | None = None) -> list[UsageRecord]:
+        self._check_open()
+        where, params = _where(since, until, key_id)
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT {_COLUMNS} FROM usage_records{where} ORDER BY created_at, request_id", params
+            ).fetchall()
+        return [_decode(row) for row in rows]
+
+    def summary(self, group_by: Sequence[str] = ("key_id", "model", "day"),
+                since: datetime | date | None = None, until: datetime | date | None = None,
+                key_id: str | None = None) -> list[UsageSummaryRow]:
+        self._check_open()
+        groups = check_group_by(group_by)
+        expressions = [_GROUP_EXPRESSIONS[name] for name in groups] + ["currency"]
+        where, params = _where(since, until, key_id)
+        listed = ", ".join(expressions)
+        query = (f"SELECT {listed}, count(*), sum(prompt_tokens), sum(completion_tokens), "
+                 f"sum(cached_tokens), decimal_sum(cost) FROM usage_records{where} "
+                 f"GROUP BY {listed} ORDER BY {listed}")
+        with self._read_lock:
+            rows = self._reader.execute(query, params).fetchall()
+        width = len(groups)
+        return [
+            UsageSummaryRow(group=dict(zip(groups, row[:width])), currency=row[width],
+                            requests=row[width + 1], prompt_tokens=row[width + 2],
+                            completion_tokens=row[width + 3], cached_tokens=row[width + 4],
+                            cost=Decimal(row[width + 5]))
+            for row in rows
+        ]
+
+    def count(self) -> int:
+        self._check_open()
+        with self._read_lock:
+            return self._reader.execute("SELECT count(*) FROM usage_records").fetchone()[0]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            self._writer.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteLedger({str(self.path)!r}, synchronous={self.synchronous})"

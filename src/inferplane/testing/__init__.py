@@ -1,0 +1,1 @@
+"""Helpers for the test suites: real servers started from the machine's own binaries."""
