@@ -108,6 +108,30 @@ from inferplane.cluster.cli import cluster_app  # noqa: E402
 app.add_typer(cluster_app, name="cluster")
 
 
+from inferplane.vllm_check import check_vllm_args_command  # noqa: E402
+
+app.command("check-vllm-args")(check_vllm_args_command())
+
+
+@app.command()
+def dashboard(
+    file: Optional[Path] = ConfigOption,
+    output: str = typer.Option("-", "--output", "-o", help="File to write, or - for stdout."),
+) -> None:
+    """Write the Grafana dashboard (JSON) of a deployment, ready to import.
+
+    Example:  inferplane dashboard -f examples/nemotron-ultra.yaml -o nemotron-ultra.json
+    """
+    from inferplane.observability import dashboard_json
+
+    text = dashboard_json(load_config(file))
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+        typer.echo(f"wrote {output}; import it in Grafana (Dashboards > New > Import)", err=True)
+
+
 weights_app = typer.Typer(help="The model-weight cache: pre-fetch into a Hugging Face cache, verify, wait.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")

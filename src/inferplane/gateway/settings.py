@@ -28,6 +28,9 @@ class ModelRoute(BaseModel):
     reasoning_prompts: dict[str, str] = Field(default_factory=dict)
     input_price_per_million: Decimal
     output_price_per_million: Decimal
+    # Context length vLLM serves: the completion cap a request without max_tokens may reach,
+    # which is what admission reserves of its tokens-per-minute and budget. None: the catalog's.
+    max_model_len: int | None = None
 
 
 class GatewaySettings(BaseModel):
@@ -45,6 +48,7 @@ class GatewaySettings(BaseModel):
     auth_enabled: bool = True
     keys_file: str = "/etc/inferplane/keys/keys.json"
     ledger_url: str = "sqlite:////var/lib/inferplane/ledger.db"
+    access_log: bool = True  # one line per request: id, key id, model, status, latency (no bodies)
 
     @classmethod
     def from_deployment(cls, config: Any, **overrides: Any) -> "GatewaySettings":
@@ -58,6 +62,7 @@ class GatewaySettings(BaseModel):
             reasoning_prompts=dict(spec.reasoning_prompts),
             input_price_per_million=config.input_price_per_million,
             output_price_per_million=config.output_price_per_million,
+            max_model_len=config.max_model_len,
         )
         values: dict[str, Any] = dict(
             listen_port=config.gateway.port,

@@ -1,0 +1,79 @@
+"""Running the gateway: uvicorn (uvloop + httptools when installed) on a socket we bind ourselves,
+so that port 0 works and the address is known before the first request."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from inferplane.gateway.app import GatewayApp
+from inferplane.gateway.settings import GatewaySettings
+
+# Longer than the ingress' upstream keep-alive (nginx: 60 s), so that the proxy, not the
+# gateway, closes idle connections: no request is ever sent on a connection being closed.
+KEEP_ALIVE_SECONDS = 75
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def gateway_server(app: GatewayApp, *, log_level: str = "info",
+                   graceful_shutdown_seconds: float | None = None) -> uvicorn.Server:
+    """A uvicorn server for `app`. Its own access log is off: the gateway writes one line per
+    request without the query string or any header (see app.py)."""
+    config = uvicorn.Config(
+        app,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,  # the client address is not used: skip X-Forwarded-For parsing
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # None: wait for in-flight streams; the pod's terminationGracePeriodSeconds bounds it.
+        timeout_graceful_shutdown=graceful_shutdown_seconds,
+        backlog=4096,
+    )
+    return uvicorn.Server(config)
+
+
+def configure_logging(level: str = "info") -> None:
+    """One plain format for the gateway and uvicorn; nothing is logged from request bodies
+    (access lines are written by gateway.access_log, in the same format)."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def serve(settings: GatewaySettings, *, host: str | None = None, port: int | None = None,
+          log_level: str = "info", on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish and queued records are committed."""
+    configure_logging(log_level)
+    if logging.getLevelName(log_level.upper()) > logging.INFO:
+        settings = settings.model_copy(update={"access_log": False})  # access lines are INFO
+    sock = bind_socket(host or settings.listen_host, settings.listen_port if port is None else port)
+    server = gateway_server(GatewayApp(settings), log_level=log_level)
+    if on_ready is not None:
+        on_ready(socket_url(sock))
+    server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(1)  # startup failed (logged): a non-zero exit restarts the container

@@ -1,0 +1,114 @@
+"""Checks on a request body before it costs anything: JSON, and the fields the gateway relies on.
+
+Only what the gateway itself uses is checked here (model, stream flags, token caps); everything
+else is vLLM's to validate, and its 400s reach the client in the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from inferplane.gateway.errors import GatewayError, invalid_request
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every request (json.loads with options would build a new one each time).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 naming what is wrong (never the content itself)."""
+    if not body:
+        raise invalid_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        payload = _DECODER.decode(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise invalid_request("The request body is not UTF-8 encoded JSON.",
+                              code="invalid_json") from None
+    except ValueError as error:
+        position = getattr(error, "pos", None)
+        where = f" (at character {position})" if position is not None else ""
+        raise invalid_request(f"The request body is not valid JSON{where}.",
+                              code="invalid_json") from None
+    except RecursionError:
+        raise invalid_request("The request body is nested too deeply.",
+                              code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def _optional_bool(payload: dict[str, Any], name: str, param: str | None = None) -> bool | None:
+    value = payload.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise invalid_request(f"'{param or name}' must be true or false.", param=param or name,
+                              code="invalid_type")
+    return value
+
+
+def _optional_count(payload: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
+    if value < minimum:
+        raise invalid_request(f"'{name}' must be at least {minimum}.", param=name,
+                              code="invalid_value")
+    return value
+
+
+@dataclass(frozen=True)
+class RequestFields:
+    """What the gateway reads from a generation request."""
+
+    model: str
+    stream: bool
+    include_usage: bool  # the client asked for the final usage chunk
+    continuous_usage: bool  # ... and for usage on every chunk
+    max_tokens: int | None
+    choices: int  # n (or best_of when larger): completions generated per request
+
+
+def request_fields(payload: dict[str, Any]) -> RequestFields:
+    """Type-check the fields the gateway uses; 400 with the field name on the first problem."""
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("'model' is required and must be a string.", param="model",
+                              code="invalid_type" if model is not None else "missing_required")
+    stream = bool(_optional_bool(payload, "stream"))
+    options = payload.get("stream_options")
+    include_usage = continuous = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise invalid_request("'stream_options' must be an object.", param="stream_options",
+                                  code="invalid_type")
+        include_usage = bool(_optional_bool(options, "include_usage",
+                                            "stream_options.include_usage"))
+        continuous = include_usage and bool(_optional_bool(
+            options, "continuous_usage_stats", "stream_options.continuous_usage_stats"))
+    max_tokens = _optional_count(payload, "max_completion_tokens", 0)
+    if max_tokens is None:
+        max_tokens = _optional_count(payload, "max_tokens", 0)
+    else:
+        _optional_count(payload, "max_tokens", 0)
+    n = _optional_count(payload, "n", 1) or 1
+    best_of = _optional_count(payload, "best_of", 1) or 1
+    return RequestFields(model, stream, include_usage, continuous, max_tokens, max(n, best_of))
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """A client-sent name as it may appear in an error message: bounded in length."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def unknown_model(model: str, served: list[str]) -> GatewayError:
+    """404 as OpenAI answers for a model that does not exist."""
+    return GatewayError(404, f"The model '{shown(model)}' does not exist. Served here: "
+                        f"{', '.join(served)}.", param="model", code="model_not_found",
+                        reason="unknown_model")

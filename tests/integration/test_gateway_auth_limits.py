@@ -1,0 +1,149 @@
+"""Every auth and limit refusal through the real gateway, with the openai client's own errors,
+and keys reloaded from the file without a restart."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from inferplane.gateway.keys import load_keys_file, revoke_key, save_keys_file
+from inferplane.gateway.testing import running_data_plane
+
+QUESTION = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    with running_data_plane(tmp_path_factory.mktemp("plane")) as plane:
+        yield plane
+
+
+def ask(plane, secret, **kwargs):
+    return plane.client(secret).chat.completions.create(
+        model=kwargs.pop("model", plane.model), messages=QUESTION, **kwargs)
+
+
+def assert_openai_error(error: openai.APIStatusError, status: int, code: str) -> dict:
+    assert error.status_code == status
+    body = error.response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert error.response.headers["x-request-id"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("secret", ["ip-not-a-real-key", "x" * 2000])
+def test_wrong_key_is_401(plane, secret):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        ask(plane, secret)
+    error = assert_openai_error(caught.value, 401, "invalid_api_key")
+    assert error["type"] == "invalid_request_error"
+    assert secret[:10] not in error["message"]  # keys are never echoed
+
+
+def test_no_authorization_header_is_401_with_www_authenticate(plane):
+    response = httpx.post(f"{plane.base_url}/chat/completions",
+                          json={"model": plane.model, "messages": QUESTION})
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_expired_and_revoked_keys_are_401(plane):
+    expired, _ = plane.add_key(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        ask(plane, expired)
+    secret, entry = plane.add_key()
+    ask(plane, secret, max_tokens=1)
+    keys_file = load_keys_file(plane.keys_path)
+    revoke_key(keys_file, entry.id)
+    save_keys_file(plane.keys_path, keys_file)
+    plane.app.keys.reload_if_changed()
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        ask(plane, secret)
+
+
+def test_model_not_allowed_is_403_and_unknown_model_is_404(plane):
+    secret, _ = plane.add_key(models=["another-model"])
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        ask(plane, secret)
+    assert_openai_error(caught.value, 403, "model_not_allowed")
+    open_key, _ = plane.add_key()
+    with pytest.raises(openai.NotFoundError) as caught:
+        ask(plane, open_key, model="gpt-4o")
+    assert_openai_error(caught.value, 404, "model_not_found")["param"] == "model"
+
+
+def test_rpm_limit_is_429_with_retry_after(plane):
+    secret, entry = plane.add_key(rpm=2)
+    ask(plane, secret, max_tokens=1)
+    ask(plane, secret, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(plane, secret, max_tokens=1)
+    assert_openai_error(caught.value, 429, "rate_limit_exceeded")
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    refused = plane.record(caught.value.response.headers["x-request-id"])
+    assert (refused.status, refused.prompt_tokens, refused.cost) == (429, 0, Decimal(0))
+
+
+def test_tpm_limit_refuses_a_reservation_that_does_not_fit(plane):
+    secret, _ = plane.add_key(tpm=1000)
+    first = ask(plane, secret, reasoning_effort="none")  # no max_tokens: reserves the whole 1000
+    used = first.usage.total_tokens
+    assert 0 < used < 100  # settled to the real usage: ~1000 - used tokens free again
+    ask(plane, secret, max_tokens=10, reasoning_effort="none")
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(plane, secret, max_tokens=990)  # prompt estimate + 990 > what is left
+    assert_openai_error(caught.value, 429, "rate_limit_exceeded")
+    assert "tokens per minute" in caught.value.message
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_budget_is_429_insufficient_quota_and_survives_a_restart(tmp_path):
+    with running_data_plane(tmp_path) as plane:
+        # Each answer of 16 tokens at 1.80/M plus ~20 prompt tokens at 0.60/M costs ~0.00004.
+        secret, entry = plane.add_key(budget=Decimal("0.0001"))
+        spent = Decimal(0)
+        with pytest.raises(openai.RateLimitError) as caught:
+            for _ in range(10):
+                ask(plane, secret, max_tokens=16, reasoning_effort="none")
+                spent = sum(r.cost for r in plane.records() if r.key_id == entry.id)
+        error = assert_openai_error(caught.value, 429, "insufficient_quota")
+        assert error["type"] == "insufficient_quota"
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+        assert Decimal(0) < spent <= Decimal("0.0001")
+    with running_data_plane(tmp_path) as restarted:  # same ledger and keys file
+        with pytest.raises(openai.RateLimitError, match="budget"):
+            ask(restarted, secret, max_tokens=16, reasoning_effort="none")
+
+
+def test_a_new_key_works_without_a_restart(plane):
+    secret, _ = plane.add_key(reload=False)  # only the file changes; the watcher must see it
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            ask(plane, secret, max_tokens=1)
+            break
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, "the gateway never loaded the new key"
+            time.sleep(0.2)
+
+
+def test_auth_failures_are_counted_by_reason(plane):
+    before = httpx.get(f"{plane.url}/metrics").text
+    with pytest.raises(openai.AuthenticationError):
+        ask(plane, "ip-unknown")
+    after = httpx.get(f"{plane.url}/metrics").text
+
+    def value(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('inferplane_gateway_auth_failures_total{reason="unknown"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    assert value(after) == value(before) + 1

@@ -1,0 +1,122 @@
+"""Usage extraction and usage stripping on the byte level (the shapes vLLM and OpenAI send)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from inferplane.gateway.metering import (
+    StreamMeter,
+    Usage,
+    strip_usage_member,
+    usage_from_body,
+    usage_from_mapping,
+)
+
+
+def chunk(content: str | None, usage: dict | None | str = "absent", final: bool = False) -> bytes:
+    """An SSE event as vLLM writes it (compact JSON, usage last)."""
+    body: dict = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                  "model": "m", "choices": [] if final else
+                  [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    if usage != "absent":
+        body["usage"] = usage
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage_of(prompt: int, completion: int, cached: int | None = None) -> dict:
+    usage = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
+             "completion_tokens": completion}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
+
+
+def events(data: bytes) -> list[dict | str]:
+    out = []
+    for event in data.split(b"\n\n"):
+        if event:
+            payload = event.removeprefix(b"data: ")
+            out.append(payload.decode() if payload == b"[DONE]" else json.loads(payload))
+    return out
+
+
+def test_usage_from_body_reads_counts_and_cached_tokens():
+    body = json.dumps({"id": "x", "choices": [{"message": {"content": '"usage": {"x": 1}'}}],
+                       "usage": usage_of(12, 7, cached=16)}).encode()
+    assert usage_from_body(body) == Usage(12, 7, 16)
+
+
+def test_usage_from_body_without_usage_is_none():
+    assert usage_from_body(b'{"id": "x", "choices": []}') is None
+    assert usage_from_body(b'{"usage": null}') is None
+
+
+def test_usage_from_mapping_accepts_responses_api_names_and_ignores_garbage():
+    assert usage_from_mapping({"input_tokens": 3, "output_tokens": 4,
+                               "input_tokens_details": {"cached_tokens": 2}}) == Usage(3, 4, 2)
+    assert usage_from_mapping({"prompt_tokens": -1, "completion_tokens": True}) == Usage(0, 0, 0)
+    assert usage_from_mapping("nope") is None
+
+
+@pytest.mark.parametrize("usage", [usage_of(5, 1), usage_of(5, 1, cached=0), None])
+def test_strip_usage_member_leaves_the_rest_byte_identical(usage):
+    with_usage = chunk("hé \"usage\": {", usage)
+    without = chunk("hé \"usage\": {")
+    assert strip_usage_member(with_usage) == without
+
+
+def test_strip_usage_member_when_usage_is_the_first_member():
+    assert strip_usage_member(b'data: {"usage": {"a": 1}, "id": "x"}') == b'data: {"id": "x"}'
+
+
+def feed_all(meter: StreamMeter, stream: bytes, piece: int) -> bytes:
+    """Feed the stream in `piece`-byte reads, as TCP may split it."""
+    out = b"".join(meter.feed(stream[i:i + piece]) for i in range(0, len(stream), piece))
+    return out + meter.leftover()
+
+
+def continuous_stream() -> bytes:
+    """A vLLM stream with include_usage + continuous_usage_stats (what the gateway asks for)."""
+    return b"".join([chunk("", usage_of(9, 0)), chunk("Hello", usage_of(9, 1)),
+                     chunk(" world", usage_of(9, 2)), chunk(None, usage_of(9, 2, cached=0),
+                                                            final=True),
+                     b"data: [DONE]\n\n"])
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 100_000])
+def test_client_that_asked_for_no_usage_gets_none(piece):
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False)
+    out = events(feed_all(meter, continuous_stream(), piece))
+    assert [e["choices"][0]["delta"]["content"] for e in out] == ["", "Hello", " world"]
+    assert all("usage" not in e for e in out)
+    assert meter.done_event == b"data: [DONE]\n\n"  # held back for the gateway
+    assert meter.usage() == Usage(9, 2, 0)
+
+
+def test_client_that_asked_for_include_usage_gets_only_the_final_chunk():
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=True)
+    out = events(feed_all(meter, continuous_stream(), 13))
+    assert [("usage" in e) for e in out] == [False, False, False, True]
+    assert out[-1]["choices"] == [] and out[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_client_that_asked_for_continuous_usage_gets_the_stream_unchanged():
+    stream = continuous_stream()
+    meter = StreamMeter(keep_chunk_usage=True, keep_final_usage=True)
+    assert feed_all(meter, stream, 5) + meter.done_event == stream
+
+
+def test_disconnect_billing_uses_the_last_chunk_seen():
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False)
+    meter.feed(chunk("", usage_of(9, 0)) + chunk("a", usage_of(9, 1)) + chunk("b", usage_of(9, 2))
+               + chunk("c", usage_of(9, 3))[:20])  # the next chunk is cut off mid-way
+    assert meter.usage() == Usage(9, 2, 0)
+
+
+def test_openai_style_null_usage_is_removed_and_not_taken_as_usage():
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False)
+    out = meter.feed(chunk("a", None))
+    assert b"usage" not in out
+    assert meter.usage() is None
