@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from inferplane import __version__
 from inferplane.config import DeploymentConfig
 from inferplane.gateway.settings import GatewaySettings
+from inferplane.observability import alert_rules, dashboard_json
 
 VLLM_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -283,6 +284,9 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "scaled_object_spec": scaled_object_spec(config) if config.autoscaling.enabled else None,
         "monitoring_namespace": config.observability.monitoring_namespace,
         "pod_monitor": config.observability.pod_monitor,
+        "prometheus_rule_groups": alert_rules(config) if config.observability.prometheus_rules else [],
+        "dashboard_json": dashboard_json(config) if config.observability.dashboard_config_map else "",
+        "dashboard_labels": {**labels(config, "dashboard"), "grafana_dashboard": "1"},
     }
 
 
@@ -317,6 +321,10 @@ def _template_names(config: DeploymentConfig) -> list[str]:
         names.append("scaledobject.yaml.j2")
     if config.observability.pod_monitor:
         names.append("podmonitor.yaml.j2")
+    if config.observability.prometheus_rules:
+        names.append("prometheusrule.yaml.j2")
+    if config.observability.dashboard_config_map:
+        names.append("configmap-dashboard.yaml.j2")
     return names
 
 

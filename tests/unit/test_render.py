@@ -199,8 +199,9 @@ def test_ingress_streams_unbuffered_over_tls():
     assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
     assert notes["cert-manager.io/cluster-issuer"] == "letsencrypt"
     assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.eu"], "secretName": "nemotron-ultra-tls"}]
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": "nemotron-ultra", "port": {"name": "http"}}
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/v1", "Prefix")  # not /metrics, /healthz, /readyz
+    assert path["backend"]["service"] == {"name": "nemotron-ultra", "port": {"name": "http"}}
 
 
 def test_recommended_labels_on_every_object_and_selector_is_stable(make_config):
