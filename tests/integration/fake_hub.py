@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from inferplane.sockets import bind_socket, socket_url
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -92,16 +93,14 @@ def create_app(repo: FakeRepo) -> Starlette:
 @contextlib.contextmanager
 def running_hub(repo: FakeRepo) -> Iterator[str]:
     """Serve `repo` on a free loopback port; yields the endpoint URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    sock = bind_socket("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(repo), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield socket_url(sock)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -4,10 +4,11 @@ so that port 0 works and the address is known before the first request."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 
 import uvicorn
+
+from inferplane.sockets import bind_socket, socket_url  # noqa: F401 (re-exported)
 
 from inferplane.gateway.app import GatewayApp
 from inferplane.gateway.settings import GatewaySettings
@@ -16,24 +17,6 @@ from inferplane.gateway.settings import GatewaySettings
 # gateway, closes idle connections: no request is ever sent on a connection being closed.
 KEEP_ALIVE_SECONDS = 75
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    return sock
-
-
-def socket_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def gateway_server(app: GatewayApp, *, log_level: str = "info",

@@ -3,31 +3,14 @@ actual address is known before the first request."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import uvicorn
 
+from inferplane.sockets import bind_socket, socket_url  # noqa: F401 (re-exported)
+
 from inferplane.simulator.app import create_app
 from inferplane.simulator.settings import SimulatorSettings
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def socket_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def uvicorn_server(settings: SimulatorSettings, log_level: str = "warning") -> uvicorn.Server:
