@@ -258,6 +258,20 @@ class GatewayConfig(Section):
     upstream_timeout_seconds: int = Field(600, ge=5)
 
 
+class LedgerConfig(Section):
+    """Usage records: a spool in each pod, shipped to one central PostgreSQL ledger (turn
+    `central` on for more than one replica: a pod's own ledger goes when the pod goes)."""
+
+    central: bool = Field(False, description="ship each pod's spool to the central ledger")
+    url_secret_name: str | None = Field(
+        None, description="Secret whose key `url` is the central ledger's DSN; default: <name>-ledger-db")
+    spool_max_records: int = Field(200_000, ge=100, description="unshipped records before new "
+                                   "requests are refused (503) until shipping catches up")
+    spool_size_limit_mib: int = Field(1024, ge=64, description="size limit of the spool volume")
+    ship_batch_records: int = Field(500, ge=1, le=10_000)
+    ship_interval_seconds: float = Field(1.0, gt=0, le=60)
+
+
 class DeploymentConfig(Section):
     """One inference deployment: what runs, where, and how it is reached and billed."""
 
@@ -274,6 +288,7 @@ class DeploymentConfig(Section):
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     metering: MeteringConfig = Field(default_factory=MeteringConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
@@ -346,6 +361,10 @@ class DeploymentConfig(Section):
     @property
     def keys_secret_name(self) -> str:
         return self.auth.keys_secret_name or f"{self.name}-api-keys"
+
+    @property
+    def ledger_secret_name(self) -> str:
+        return self.ledger.url_secret_name or f"{self.name}-ledger-db"
 
     @property
     def tls_secret_name(self) -> str:

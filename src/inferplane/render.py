@@ -25,6 +25,9 @@ ACCELERATOR_LABEL = "inferplane.io/accelerator"
 GATEWAY_CONFIG_DIR = "/etc/inferplane/config"
 GATEWAY_KEYS_DIR = "/etc/inferplane/keys"
 LEDGER_DIR = "/var/lib/inferplane"
+# The gateway reads the central ledger's DSN (it holds a password) from this variable, filled
+# from a Secret: never from its ConfigMap.
+CENTRAL_LEDGER_URL_ENV = "INFERPLANE_CENTRAL_LEDGER_URL"
 MODEL_CACHE_DIR = "/models"
 HF_HOME = f"{MODEL_CACHE_DIR}/hf"
 HF_HUB_CACHE = f"{HF_HOME}/hub"  # where huggingface_hub, transformers and vLLM all look
@@ -202,14 +205,26 @@ def _rolling_update(config: DeploymentConfig) -> dict[str, Any]:
 def context(config: DeploymentConfig) -> dict[str, Any]:
     """Everything the templates need, decided here."""
     tp = config.tensor_parallel_size
+    period = config.probes.period_seconds
+    grace = config.probes.termination_grace_seconds
+    ledger = config.ledger
     gateway_settings = GatewaySettings.from_deployment(
         config,
         keys_file=f"{GATEWAY_KEYS_DIR}/keys.json",
         ledger_url=f"sqlite:///{LEDGER_DIR}/ledger.db",
         upstream_url=f"http://127.0.0.1:{VLLM_PORT}",
+        central_ledger_url_env=CENTRAL_LEDGER_URL_ENV if ledger.central else None,
+        spool_max_records=ledger.spool_max_records,
+        ship_batch_records=ledger.ship_batch_records,
+        ship_interval_seconds=ledger.ship_interval_seconds,
+        # Shipping the spool is the last thing the gateway does; the grace period's SIGKILL
+        # bounds it, and whatever is left stays in the spool (see README, Billing-grade ledger).
+        ship_drain_seconds=float(grace),
     ).to_yaml()
-    period = config.probes.period_seconds
-    grace = config.probes.termination_grace_seconds
+    gateway_env = []
+    if ledger.central:
+        gateway_env.append({"name": CENTRAL_LEDGER_URL_ENV, "valueFrom": {"secretKeyRef": {
+            "name": config.ledger_secret_name, "key": "url"}}})
     hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
         "name": config.hf_secret_name, "key": "token", "optional": True}}}
     # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
@@ -274,6 +289,10 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "gateway_config_dir": GATEWAY_CONFIG_DIR,
         "gateway_keys_dir": GATEWAY_KEYS_DIR,
         "ledger_dir": LEDGER_DIR,
+        "gateway_env": gateway_env,
+        # The spool: survives container restarts (not pod deletion: the gateway drains it on
+        # the way out); bounded so a long central outage cannot fill the node's disk.
+        "ledger_volume": {"name": "ledger", "emptyDir": {"sizeLimit": f"{ledger.spool_size_limit_mib}Mi"}},
         "keys_secret_name": config.keys_secret_name,
         "ingress": config.ingress,
         "tls_secret_name": config.tls_secret_name,

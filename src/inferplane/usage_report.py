@@ -152,7 +152,7 @@ def parse_bound(text: Optional[str], option: str, *, end_of_day: bool) -> dateti
 
 
 def usage_command(
-    ledger: str = typer.Option(DEFAULT_DEV_LEDGER_URL, "--ledger",
+    ledger: str = typer.Option(DEFAULT_DEV_LEDGER_URL, "--ledger", envvar="INFERPLANE_LEDGER_URL",
                                help="Ledger URL: sqlite:///path.db or postgresql://user@host/db. "
                                     "Default: the ledger of `inferplane dev` in this directory."),
     since: Optional[str] = typer.Option(None, "--since", help="First UTC day (YYYY-MM-DD) or ISO-8601 time."),

@@ -158,6 +158,7 @@ class GatewayApp:
         self.upstream = Upstream(settings.upstream_url, settings.upstream_timeout_seconds)
         self.ledger: Any = None
         self.writer: Any = None
+        self.shipper: Any = None  # LedgerShipper when a central ledger is configured
         self._tasks: list[asyncio.Task] = []
         self.access_log = AccessLog() if settings.access_log else None
 
@@ -170,6 +171,7 @@ class GatewayApp:
         self.ledger = await asyncio.to_thread(open_ledger, self.settings.ledger_url)
         failures = self.metrics.ledger_commit_failures
         self.writer = AsyncLedgerWriter(self.ledger, on_failure=lambda error: failures.inc())
+        self.shipper = self._make_shipper()
         if self.keys is not None:
             self.keys.on_reload.append(lambda keys: self.metrics.keys_loaded.set(len(keys)))
             self.keys.reload_if_changed()
@@ -178,6 +180,9 @@ class GatewayApp:
                             self.keys.path)
             self._tasks.append(asyncio.create_task(self._watch_keys()))
         await self.refresh_spend()
+        if self.shipper is not None:
+            await asyncio.to_thread(self.shipper.refresh_state)
+            self.shipper.start()  # ships what a previous container left in the spool, at once
         self._tasks.append(asyncio.create_task(self._refresh_spend_forever()))
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_access_log_forever()))
@@ -194,7 +199,52 @@ class GatewayApp:
             try:
                 await self.writer.aclose()
             finally:
-                self.ledger.close()
+                try:
+                    await self._drain_spool()
+                finally:
+                    self.ledger.close()
+
+    def _make_shipper(self) -> Any:
+        """The spool's shipper to the central ledger, if one is configured (not started)."""
+        from inferplane.gateway.ledger.sqlite import SQLiteLedger
+        from inferplane.gateway.shipper import LedgerShipper
+
+        settings = self.settings
+        central_url = settings.resolved_central_ledger_url()
+        if not central_url:
+            return None
+        if not isinstance(self.ledger, SQLiteLedger):
+            raise ValueError("a central ledger is configured, so ledger_url must be the local "
+                             "SQLite spool (sqlite:///...), not another central database")
+        metrics = self.metrics
+        metrics.spool_max_records.set(settings.spool_max_records)
+
+        def shipped(count: int, seconds: float) -> None:
+            metrics.shipped_records.inc(count)
+            metrics.ship_latency.observe(seconds)
+
+        writer = self.writer
+        return LedgerShipper(
+            self.ledger, central_url, batch_records=settings.ship_batch_records,
+            interval_seconds=settings.ship_interval_seconds,
+            retry_max_seconds=settings.ship_retry_max_seconds,
+            max_spool_records=settings.spool_max_records,
+            retention_seconds=settings.spool_retention_hours * 3600,
+            spooled_count=lambda: writer.committed_total,
+            on_shipped=shipped, on_failure=lambda error: metrics.ship_failures.inc())
+
+    async def _drain_spool(self) -> None:
+        """Ship what the spool still holds, for at most ship_drain_seconds (the pod's grace)."""
+        if self.shipper is None:
+            return
+        try:
+            left = await asyncio.to_thread(self.shipper.drain, self.settings.ship_drain_seconds)
+            if left:
+                log.warning("%d usage records are still in the spool %s (central ledger: %s); "
+                            "they ship when a gateway starts on this volume again", left,
+                            self.settings.ledger_url, self.shipper.last_error)
+        finally:
+            await asyncio.to_thread(self.shipper.close)
 
     async def _watch_keys(self) -> None:
         assert self.keys is not None
@@ -214,9 +264,21 @@ class GatewayApp:
         now = datetime.now(timezone.utc)
         month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         self.limiter.begin_spend_refresh()
-        rows = await asyncio.to_thread(self.ledger.summary, ("key_id",), month_start)
-        spent = {row.group["key_id"]: row.cost for row in rows
-                 if row.currency == self.settings.currency}
+        spent = None
+        if self.shipper is not None:
+            # Every replica's spend: the central ledger plus this spool's unshipped records.
+            from inferplane.gateway.ledger import LedgerError
+
+            try:
+                spent = await asyncio.to_thread(self.shipper.month_to_date_spend, month_start,
+                                                self.settings.currency)
+            except LedgerError as error:
+                log.warning("central ledger unavailable for month-to-date spend (%s); using "
+                            "this replica's own records", error)
+        if spent is None:
+            rows = await asyncio.to_thread(self.ledger.summary, ("key_id",), month_start)
+            spent = {row.group["key_id"]: row.cost for row in rows
+                     if row.currency == self.settings.currency}
         self.limiter.finish_spend_refresh(month_start.strftime("%Y-%m"), spent)
 
     async def _flush_access_log_forever(self) -> None:
@@ -281,6 +343,16 @@ class GatewayApp:
         to date now), followed by vLLM's."""
         healthy, upstream = await asyncio.gather(self.upstream.healthy(), self.upstream.metrics())
         self.metrics.upstream_ready.set(1 if healthy else 0)
+        if self.shipper is not None:
+            from inferplane.gateway.ledger import LedgerError
+
+            try:
+                await asyncio.to_thread(self.shipper.refresh_state)
+            except LedgerError as error:
+                log.warning("could not read the spool's state: %s", error)
+            self.metrics.spool_records.set(self.shipper.depth)
+            self.metrics.spool_oldest_age.set(self.shipper.oldest_unshipped_age_seconds())
+            self.metrics.spool_refused_records.set(self.shipper.refused_total)
         if self.keys is not None:
             month = month_of(time.time())
             for key in self.keys.keys():
@@ -300,6 +372,8 @@ class GatewayApp:
             problems.append("ledger not open")
         elif self.writer.backlog_full:
             problems.append("usage ledger backlog full")
+        if self.shipper is not None and self.shipper.spool_full:
+            problems.append("usage spool full: the central ledger is not taking records")
         upstream_ready = await self.upstream.healthy()
         self.metrics.upstream_ready.set(1 if upstream_ready else 0)
         if not upstream_ready:
@@ -405,6 +479,12 @@ class GatewayApp:
                                type="server_error", code="metering_unavailable",
                                reason="ledger_backlog",
                                headers=[(b"retry-after", b"5")])
+        if self.shipper is not None and self.shipper.spool_full:
+            # Fail closed: past the bound an answer could not be billed reliably (module doc
+            # of gateway/shipper.py); other replicas, or this one once shipping resumes, serve.
+            raise GatewayError(503, "Usage metering is backed up; retry shortly.",
+                               type="server_error", code="metering_unavailable",
+                               reason="spool_full", headers=[(b"retry-after", b"5")])
         ex.reservation = self.limiter.admit(
             ex.key, prompt_estimate + completion_cap,
             price(prompt_estimate, completion_cap, route.input_price_per_million,
@@ -629,8 +709,10 @@ class GatewayApp:
 
         record = self._make_record(ex)
         ok = True
+        started = time.perf_counter()
         try:
             await self.writer.write(record)
+            self.metrics.ledger_write_latency.observe(time.perf_counter() - started)
         except LedgerUnavailableError as error:
             # Still queued and retried by the writer: deliver, but say so.
             self.metrics.ledger_write_failures.inc()

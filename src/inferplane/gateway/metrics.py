@@ -14,6 +14,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 PREFIX = "inferplane_gateway"
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
                            300, 600)
+LEDGER_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                          5, 10, 30)
 TTFT_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -53,6 +55,30 @@ class GatewayMetrics:
         self.ledger_commit_failures = Counter(f"{PREFIX}_ledger_commit_failures",
                                               "Failed ledger transactions (each retry counted)",
                                               registry=r)
+        self.ledger_write_latency = Histogram(
+            f"{PREFIX}_ledger_write_latency_seconds",
+            "Time a response waited for its usage record to commit to the local ledger (spool)",
+            buckets=LEDGER_BUCKETS_SECONDS, registry=r)
+        # The spool -> central ledger path (gateway/shipper.py); zero without a central ledger.
+        self.spool_records = Gauge(f"{PREFIX}_spool_records",
+                                   "Usage records in the local spool not yet in the central ledger",
+                                   registry=r)
+        self.spool_max_records = Gauge(f"{PREFIX}_spool_max_records",
+                                       "Unshipped records at which new requests are refused",
+                                       registry=r)
+        self.spool_oldest_age = Gauge(f"{PREFIX}_spool_oldest_unshipped_age_seconds",
+                                      "Age of the oldest usage record not yet shipped", registry=r)
+        self.spool_refused_records = Gauge(
+            f"{PREFIX}_spool_refused_records",
+            "Spooled usage records the central ledger refused for good (kept locally)", registry=r)
+        self.shipped_records = Counter(f"{PREFIX}_ledger_shipped_records",
+                                       "Usage records shipped to the central ledger", registry=r)
+        self.ship_failures = Counter(f"{PREFIX}_ledger_ship_failures",
+                                     "Failed attempts to ship a batch to the central ledger",
+                                     registry=r)
+        self.ship_latency = Histogram(f"{PREFIX}_ledger_ship_batch_seconds",
+                                      "Time to commit one batch to the central ledger",
+                                      buckets=LEDGER_BUCKETS_SECONDS, registry=r)
         self.keys_loaded = Gauge(f"{PREFIX}_keys_loaded", "API keys currently loaded", registry=r)
         self.key_reload_failures = Counter(f"{PREFIX}_keys_reload_failures",
                                            "Keys file reloads that failed validation", registry=r)

@@ -6,6 +6,7 @@ source. Keys are not here: they live in a separate file mounted from a Secret.
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ class GatewaySettings(BaseModel):
     auth_enabled: bool = True
     keys_file: str = "/etc/inferplane/keys/keys.json"
     ledger_url: str = "sqlite:////var/lib/inferplane/ledger.db"
+    # The central ledger (PostgreSQL) that `ledger_url`, then the pod's spool, is shipped to
+    # (gateway/shipper.py); neither set: no shipping. In a pod the URL holds a password, so it
+    # comes from an environment variable filled from a Secret, never from this file.
+    central_ledger_url: str | None = None
+    central_ledger_url_env: str | None = None
+    spool_max_records: int = Field(200_000, ge=1)  # unshipped records before new requests get 503
+    ship_batch_records: int = Field(500, ge=1)
+    ship_interval_seconds: float = Field(1.0, gt=0)
+    ship_retry_max_seconds: float = Field(15.0, gt=0)
+    ship_drain_seconds: float = Field(60.0, ge=0)  # at shutdown, after the last request
+    spool_retention_hours: float = Field(24.0, ge=0)  # shipped records kept in the spool
     access_log: bool = True  # one line per request: id, key id, model, status, latency (no bodies)
 
     @classmethod
@@ -74,6 +86,17 @@ class GatewaySettings(BaseModel):
         )
         values.update(overrides)
         return cls(**values)
+
+    def resolved_central_ledger_url(self) -> str | None:
+        """The central ledger URL, from the settings or the environment variable they name."""
+        if self.central_ledger_url_env:
+            url = os.environ.get(self.central_ledger_url_env, "").strip()
+            if not url:
+                raise ValueError(f"central_ledger_url_env names {self.central_ledger_url_env}, but that "
+                                 "environment variable is empty; mount the ledger URL Secret, or "
+                                 "remove central_ledger_url_env to run without a central ledger")
+            return url
+        return self.central_ledger_url
 
     def to_yaml(self) -> str:
         """Stable YAML (Decimals as strings, so prices survive exactly)."""

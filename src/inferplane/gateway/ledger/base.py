@@ -12,7 +12,9 @@ from typing import Sequence
 from inferplane.gateway.records import UsageRecord
 
 # What `summary()` can group by; `day` and `month` are UTC calendar periods of `created_at`.
-SUMMARY_GROUPS = ("key_id", "tenant", "model", "endpoint", "day", "month")
+# The prices (as the decimal text they were recorded with) let an invoice show one line per price.
+SUMMARY_GROUPS = ("key_id", "tenant", "model", "endpoint", "day", "month",
+                  "input_price_per_million", "output_price_per_million")
 
 # Fields a database column holds; `recorded_at` (commit time) exists only in the tables.
 RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))

@@ -41,6 +41,13 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX usage_records_by_time ON usage_records (created_at)",
         "CREATE INDEX usage_records_by_key_time ON usage_records (key_id, created_at)",
     )),
+    # 2: the shipped-marker of a sidecar's spool (gateway/shipper.py): 0 = not yet in the central
+    # ledger, 1 = shipped, -1 = refused by the central ledger for good (kept here, alerted on).
+    # The partial index holds only what waits, so depth and age stay cheap to read.
+    (2, (
+        "ALTER TABLE usage_records ADD COLUMN shipped INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX usage_records_unshipped ON usage_records (recorded_at) WHERE shipped = 0",
+    )),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -69,6 +76,10 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         """,
         "CREATE INDEX usage_records_by_time ON usage_records (created_at)",
         "CREATE INDEX usage_records_by_key_time ON usage_records (key_id, created_at)",
+    )),
+    # 2: the central ledger is read per tenant and month by `inferplane invoice`.
+    (2, (
+        "CREATE INDEX usage_records_by_tenant_time ON usage_records (tenant, created_at)",
     )),
 )
 

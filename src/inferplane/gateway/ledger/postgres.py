@@ -45,6 +45,9 @@ _GROUP_EXPRESSIONS = {
     "endpoint": "endpoint",
     "day": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "month": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')",
+    # numeric::text keeps the recorded scale ('0.60'), the same text the SQLite ledger groups by.
+    "input_price_per_million": "input_price_per_million::text",
+    "output_price_per_million": "output_price_per_million::text",
 }
 # Serialises migrations of replicas that start at the same time (any constant; "infp" in ASCII).
 _MIGRATION_LOCK_ID = 0x696E6670

@@ -35,6 +35,9 @@ from inferplane.gateway.ledger.migrations import SQLITE_MIGRATIONS, pending_migr
 from inferplane.gateway.records import UsageRecord
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
+# Values of the spool's shipped-marker (migration 2): waiting is 0.
+SHIPPED = 1
+REFUSED = -1
 
 _COLUMNS = ", ".join(RECORD_FIELDS)
 _INSERT = (f"INSERT INTO usage_records ({_COLUMNS}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)}) "
@@ -46,6 +49,8 @@ _GROUP_EXPRESSIONS = {
     "endpoint": "endpoint",
     "day": "substr(created_at, 1, 10)",  # created_at is UTC ISO-8601 text
     "month": "substr(created_at, 1, 7)",
+    "input_price_per_million": "input_price_per_million",  # TEXT, as recorded
+    "output_price_per_million": "output_price_per_million",
 }
 # Errors that say "this data can never go in" rather than "the database is not writable now".
 _RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
@@ -252,6 +257,69 @@ class SQLiteLedger(Ledger):
         self._check_open()
         with self._read_lock:
             return self._reader.execute("SELECT count(*) FROM usage_records").fetchone()[0]
+
+    # --- the spool side: records not yet in the central ledger (see gateway/shipper.py) -------
+
+    def unshipped(self, limit: int) -> list[UsageRecord]:
+        """Up to `limit` records not yet shipped to the central ledger, first spooled first."""
+        self._check_open()
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT {_COLUMNS} FROM usage_records WHERE shipped = 0 "
+                "ORDER BY recorded_at, request_id LIMIT ?", (limit,)).fetchall()
+        return [_decode(row) for row in rows]
+
+    def mark_shipped(self, request_ids: Sequence[str], state: int = SHIPPED) -> None:
+        """Set the shipped-marker of `request_ids` (SHIPPED, or REFUSED for a record the central
+        ledger will never take) in one transaction."""
+        self._check_open()
+        if not request_ids:
+            return
+        with self._write_lock:
+            connection = self._writer
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.executemany("UPDATE usage_records SET shipped = ? WHERE request_id = ?",
+                                       [(state, request_id) for request_id in request_ids])
+                connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._rollback(connection)
+                raise LedgerUnavailableError(f"SQLite spool {self.path} not writable: {error}") from error
+
+    def spool_state(self) -> tuple[int, datetime | None, int]:
+        """(records waiting to ship, when the oldest of them was spooled, records refused)."""
+        self._check_open()
+        with self._read_lock:
+            waiting, oldest = self._reader.execute(
+                "SELECT count(*), min(recorded_at) FROM usage_records WHERE shipped = 0").fetchone()
+            refused = self._reader.execute(
+                "SELECT count(*) FROM usage_records WHERE shipped = ?", (REFUSED,)).fetchone()[0]
+        return waiting, (datetime.fromisoformat(oldest) if oldest else None), refused
+
+    def unshipped_cost_by_key(self, since: datetime | date) -> dict[tuple[str, str], Decimal]:
+        """Exact cost per (key id, currency) of the records created since `since` that the
+        central ledger does not hold yet (month-to-date spend = central + these)."""
+        self._check_open()
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT key_id, currency, decimal_sum(cost) FROM usage_records "
+                "WHERE shipped = 0 AND created_at >= ? GROUP BY key_id, currency",
+                (iso_utc(to_utc(since)),)).fetchall()  # type: ignore[arg-type]
+        return {(key_id, currency): Decimal(cost) for key_id, currency, cost in rows}
+
+    def prune_shipped(self, before: datetime) -> int:
+        """Delete shipped records spooled before `before` (the central ledger holds them);
+        returns how many. Keeps the spool file small on a long-lived pod."""
+        self._check_open()
+        # recorded_at is written by SQLite with milliseconds: compare in the same shape.
+        cutoff = iso_utc(before)[:23] + "+00:00"
+        with self._write_lock:
+            try:
+                cursor = self._writer.execute(
+                    "DELETE FROM usage_records WHERE shipped = ? AND recorded_at < ?", (SHIPPED, cutoff))
+            except sqlite3.Error as error:
+                raise LedgerUnavailableError(f"SQLite spool {self.path} not writable: {error}") from error
+            return cursor.rowcount
 
     def close(self) -> None:
         if self._closed:
