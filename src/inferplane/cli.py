@@ -99,8 +99,10 @@ app.command("simulator")(simulator_command)
 
 
 from inferplane.usage_report import usage_command  # noqa: E402
+from inferplane.invoice import invoice_command  # noqa: E402
 
 app.command("usage")(usage_command)
+app.command("invoice")(invoice_command)
 
 
 from inferplane.cluster.cli import cluster_app  # noqa: E402

@@ -63,6 +63,9 @@ PANELS: tuple[Panel, ...] = (
         ("auth {{reason}}", f"sum by (reason) (rate({GATEWAY}_auth_failures_total{{{SCOPE}}}[5m]))"))),
     Panel("Ledger write failures", "short", (
         ("failures", f"sum(increase({GATEWAY}_ledger_write_failures_total{{{SCOPE}}}[10m]))"),)),
+    Panel("Usage spool (records not yet in the central ledger)", "short", (
+        ("{{pod}} waiting", f"max by (pod) ({GATEWAY}_spool_records{{{SCOPE}}})"),
+        ("{{pod}} oldest age (s)", f"max by (pod) ({GATEWAY}_spool_oldest_unshipped_age_seconds{{{SCOPE}}})"))),
 )
 
 
@@ -100,7 +103,7 @@ def dashboard(config: DeploymentConfig) -> dict[str, Any]:
 
 
 def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
-    """PrometheusRule groups: model not ready, queue growing, errors, budgets, ledger."""
+    """PrometheusRule groups: model not ready, queue growing, errors, budgets, ledger, spool."""
     from inferplane.render import waiting_requests_per_replica
 
     scope = f'namespace="{config.namespace}"'
@@ -142,6 +145,19 @@ def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
          "for": "0m",
          "labels": {**labels, "severity": "critical"},
          "annotations": {"summary": "usage records failed to reach the ledger: billing data at risk"}},
+        {"alert": "InferplaneSpoolNotShipping",
+         "expr": f"max by (pod) ({GATEWAY}_spool_oldest_unshipped_age_seconds{{{pods}}}) > 600",
+         "for": "5m",
+         "labels": {**labels, "severity": "warning"},
+         "annotations": {"summary": "{{ $labels.pod }} has not shipped usage to the central ledger "
+                                    "for 10 minutes: is PostgreSQL reachable?"}},
+        {"alert": "InferplaneSpoolNearlyFull",
+         "expr": (f"max by (pod) ({GATEWAY}_spool_records{{{pods}}} / "
+                  f"{GATEWAY}_spool_max_records{{{pods}}}) > 0.8"),
+         "for": "5m",
+         "labels": {**labels, "severity": "critical"},
+         "annotations": {"summary": "{{ $labels.pod }}'s usage spool is over 80% full: at 100% it "
+                                    "refuses requests (503) rather than serve them unmetered"}},
     ]
     return [{"name": f"inferplane-{config.name}", "rules": rules}]
 

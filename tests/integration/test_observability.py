@@ -53,7 +53,8 @@ def test_dashboard_covers_what_an_operator_asks(config):
     assert shipped == board
     alerts = {rule["alert"] for group in alert_rules(config) for rule in group["rules"]}
     assert alerts == {"InferplaneModelNotReady", "InferplaneQueueGrowing", "InferplaneHighErrorRate",
-                      "InferplaneBudgetNearlySpent", "InferplaneLedgerWriteFailures"}
+                      "InferplaneBudgetNearlySpent", "InferplaneLedgerWriteFailures",
+                      "InferplaneSpoolNotShipping", "InferplaneSpoolNearlyFull"}
 
 
 def test_every_metric_queried_is_exposed_by_the_gateway_or_vllm(config, tmp_path):
