@@ -12,6 +12,7 @@ from inferplane.components import (
     GpuNodePool,
     InferenceService,
     InferenceServiceArgs,
+    LedgerDatabase,
     Platform,
     read_stack_settings,
 )
@@ -47,6 +48,13 @@ service = InferenceService(
     ),
     opts=pulumi.ResourceOptions(providers=[kubernetes]),
 )
+
+# With ledger.central: the central ledger's PostgreSQL and the Secret with its DSN the pods read.
+ledger_args = settings.ledger_db_args(node_pool)
+if ledger_args is not None:
+    ledger = LedgerDatabase.for_cloud("ledger", ledger_args, opts=pulumi.ResourceOptions(
+        providers=[kubernetes], depends_on=[service.resources[("Namespace", config.namespace)]]))
+    pulumi.export("ledger_db_host", ledger.host)
 
 pulumi.export("endpoint_url", service.endpoint_url)
 pulumi.export("namespace", service.namespace)

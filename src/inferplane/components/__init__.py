@@ -9,7 +9,7 @@
     InferenceService("nemotron", InferenceServiceArgs(config=config, platform=platform, ...))
 
 Cloud SDKs (pulumi_gcp, pulumi_aws, pulumiverse_scaleway) are optional extras, imported only by
-the node pool of their cloud.
+the node pool and the ledger database of their cloud.
 """
 
 try:
@@ -20,6 +20,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
                       "pip install 'inferplane[pulumi]'") from error
 
 from inferplane.components.inference import InferenceService, InferenceServiceArgs
+from inferplane.components.ledger_db import (
+    EksLedgerDatabaseArgs, GkeLedgerDatabaseArgs, InClusterLedgerDatabaseArgs, LedgerDatabase,
+    LedgerDatabaseArgs, ScalewayLedgerDatabaseArgs,
+)
 from inferplane.components.node_pool import (
     GPU_TAINT, GpuNodePool, GpuNodePoolArgs, MissingCloudSdkError, NodeTaint, gpu_node_labels,
 )
@@ -38,4 +42,6 @@ __all__ = [
     "ExistingGpuNodePoolArgs",
     "Platform", "PlatformArgs", "InferenceService", "InferenceServiceArgs",
     "StackSettings", "read_stack_settings",
+    "LedgerDatabase", "LedgerDatabaseArgs", "GkeLedgerDatabaseArgs", "EksLedgerDatabaseArgs",
+    "ScalewayLedgerDatabaseArgs", "InClusterLedgerDatabaseArgs",
 ]

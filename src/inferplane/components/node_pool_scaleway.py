@@ -52,6 +52,8 @@ class ScalewayGpuNodePool(GpuNodePool):
         super().__init__(name, args, machine, opts)
         config = args.config
         child = pulumi.ResourceOptions(parent=self)
+        # The Private Network a created cluster runs on (the ledger database joins it), else None.
+        self.private_network_id: Optional[pulumi.Output[str]] = None
 
         if args.cluster_id:
             cluster_id = pulumi.Output.from_input(args.cluster_id)
@@ -64,6 +66,7 @@ class ScalewayGpuNodePool(GpuNodePool):
             network = scw.network.PrivateNetwork(
                 f"{name}-network", region=config.region, project_id=args.project_id,
                 tags=[f"inferplane-{config.name}"], opts=child)
+            self.private_network_id = network.id
             cluster = scw.kubernetes.Cluster(
                 f"{name}-cluster",
                 region=config.region,

@@ -25,7 +25,7 @@ from inferplane.components.platform import PlatformArgs
 from inferplane.config import ConfigError, DeploymentConfig, Section, from_mapping
 
 NAMESPACE = "inferplane"
-SECRET_KEYS = ("hfToken", "apiKeysJson")
+SECRET_KEYS = ("hfToken", "apiKeysJson", "ledgerDbPassword")
 
 
 class _Options(BaseModel):
@@ -74,6 +74,19 @@ class ScalewayOptions(_Options):
     system_node_type: str = Field("PRO2-S", alias="systemNodeType")
 
 
+class LedgerDbOptions(_Options):
+    """The central ledger's PostgreSQL (used while ledger.central is true)."""
+
+    network: Optional[str] = None  # GKE: the VPC with private services access
+    subnet_ids: list[str] = Field(default_factory=list, alias="subnetIds")  # EKS
+    security_group_ids: list[str] = Field(default_factory=list, alias="securityGroupIds")  # EKS
+    private_network_id: Optional[str] = Field(None, alias="privateNetworkId")  # Scaleway
+    instance_type: Optional[str] = Field(None, alias="instanceType")
+    storage_gib: int = Field(20, alias="storageGib", ge=10)
+    backup_retention_days: int = Field(7, alias="backupRetentionDays", ge=7, le=35)
+    storage_class: Optional[str] = Field(None, alias="storageClass")  # local/existing
+
+
 class StackOptions(_Options):
     """The Pulumi-only keys of the `inferplane` namespace."""
 
@@ -85,6 +98,7 @@ class StackOptions(_Options):
     gke: GkeOptions = Field(default_factory=GkeOptions)
     eks: EksOptions = Field(default_factory=EksOptions)
     scaleway: ScalewayOptions = Field(default_factory=ScalewayOptions)
+    ledger_db: LedgerDbOptions = Field(default_factory=LedgerDbOptions, alias="ledgerDb")
 
 
 DEPLOYMENT_KEYS = tuple(DeploymentConfig.model_fields)
@@ -113,6 +127,7 @@ class StackSettings:
     options: StackOptions
     hf_token: Optional[pulumi.Output[str]] = None
     api_keys_json: Optional[pulumi.Output[str]] = None
+    ledger_db_password: Optional[pulumi.Output[str]] = None
 
     @property
     def kubeconfig(self) -> Optional[str]:
@@ -159,6 +174,37 @@ class StackSettings:
         from inferplane.components.node_pool_existing import ExistingGpuNodePoolArgs
         return ExistingGpuNodePoolArgs(**common)
 
+    def ledger_db_args(self, node_pool: Any = None,
+                       password: Optional[pulumi.Input[str]] = None) -> Any:
+        """The typed args of this cloud's ledger database, or None while ledger.central is off.
+        On Scaleway the database joins the Private Network of a cluster the node pool created."""
+        from inferplane.components import ledger_db as db
+
+        config, options = self.deployment, self.options.ledger_db
+        if not config.ledger.central:
+            return None
+        common: dict[str, Any] = dict(
+            config=config, password=password if password is not None else self.ledger_db_password,
+            storage_gib=options.storage_gib, wait_for_ready=self.options.wait_for_ready)
+        sized = {"gke": "tier", "eks": "instance_class", "scaleway": "node_type"}.get(config.cloud)
+        if sized and options.instance_type:
+            common[sized] = options.instance_type
+        if config.cloud in ("gke", "eks", "scaleway"):
+            common["backup_retention_days"] = options.backup_retention_days
+        if config.cloud == "gke":
+            return db.GkeLedgerDatabaseArgs(**common, network=options.network or "",
+                                            project=self.options.gke.project)
+        if config.cloud == "eks":
+            return db.EksLedgerDatabaseArgs(**common, subnet_ids=list(options.subnet_ids),
+                                            security_group_ids=list(options.security_group_ids))
+        if config.cloud == "scaleway":
+            network = options.private_network_id or getattr(node_pool, "private_network_id", None)
+            if network is None and node_pool is None and not self.options.scaleway.cluster_id:
+                network = "(the created cluster's Private Network)"  # known once the pool exists
+            return db.ScalewayLedgerDatabaseArgs(**common, private_network_id=network,
+                                                 project_id=self.options.scaleway.project_id)
+        return db.InClusterLedgerDatabaseArgs(**common, storage_class=options.storage_class)
+
 
 def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
     """Read and validate the stack's `inferplane:*` config; raise ConfigError naming each bad key."""
@@ -194,7 +240,9 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
         raise _stack_error(problems)
 
     settings = StackSettings(deployment=deployment, options=options)
-    problems += _cloud_problems(settings)
+    # Read as text to check it now; it stays a secret from here on.
+    ledger_password = config.get("ledgerDbPassword")
+    problems += _cloud_problems(settings, ledger_password)
     if problems:
         raise _stack_error(problems)
     _warn_unless_secret(SECRET_KEYS)
@@ -213,6 +261,8 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
         except ValueError as error:
             raise _stack_error([("apiKeysJson", str(error).removeprefix("inferplane:apiKeysJson "))])
         settings.api_keys_json = pulumi.Output.secret(keys_text)
+    if ledger_password is not None:
+        settings.ledger_db_password = pulumi.Output.secret(ledger_password)
     return settings
 
 
@@ -226,7 +276,8 @@ def _warn_unless_secret(keys: tuple[str, ...]) -> None:
                             f"`pulumi config set --secret {full_key} ...`")
 
 
-def _cloud_problems(settings: StackSettings) -> list[tuple[str, str]]:
+def _cloud_problems(settings: StackSettings,
+                    ledger_password: Optional[str] = None) -> list[tuple[str, str]]:
     """Checks that need the deployment and the options together (node bounds, cloud keys)."""
     problems: list[tuple[str, str]] = []
     cloud = settings.deployment.cloud
@@ -240,6 +291,12 @@ def _cloud_problems(settings: StackSettings) -> list[tuple[str, str]]:
         if check:
             check()
         settings.platform_args().switches()
+    except ConfigError as error:
+        problems += error.problems
+    try:
+        ledger_args = settings.ledger_db_args(password=ledger_password)
+        if ledger_args is not None:
+            ledger_args.check()
     except ConfigError as error:
         problems += error.problems
     return problems
