@@ -93,28 +93,6 @@ def plan(
         raise typer.Exit(2)
 
 
-from inferplane.simulator.cli import simulator_command  # noqa: E402
-
-app.command("simulator")(simulator_command)
-
-
-from inferplane.usage_report import usage_command  # noqa: E402
-from inferplane.invoice import invoice_command  # noqa: E402
-
-app.command("usage")(usage_command)
-app.command("invoice")(invoice_command)
-
-
-from inferplane.cluster.cli import cluster_app  # noqa: E402
-
-app.add_typer(cluster_app, name="cluster")
-
-
-from inferplane.vllm_check import check_vllm_args_command  # noqa: E402
-
-app.command("check-vllm-args")(check_vllm_args_command())
-
-
 @app.command()
 def dashboard(
     file: Optional[Path] = ConfigOption,
@@ -181,13 +159,23 @@ def weights_wait(
     typer.echo(f"{result.repo}@{result.revision} is in the cache ({result.files} files)")
 
 
-from inferplane.gateway.cli import gateway_command, keys_app  # noqa: E402
-
-app.command("gateway")(gateway_command)
-app.add_typer(keys_app, name="keys")
+# Commands whose code lives with its role (each module keeps its heavy imports inside the command).
+from inferplane.cluster.cli import cluster_app  # noqa: E402
 from inferplane.dev import dev_command  # noqa: E402
+from inferplane.gateway.cli import gateway_command, keys_app  # noqa: E402
+from inferplane.invoice import invoice_command  # noqa: E402
+from inferplane.simulator.cli import simulator_command  # noqa: E402
+from inferplane.usage_report import usage_command  # noqa: E402
+from inferplane.vllm_check import check_vllm_args_command  # noqa: E402
 
 app.command("dev")(dev_command)
+app.command("gateway")(gateway_command)
+app.add_typer(keys_app, name="keys")
+app.command("simulator")(simulator_command)
+app.command("usage")(usage_command)
+app.command("invoice")(invoice_command)
+app.command("check-vllm-args")(check_vllm_args_command())
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:  # pragma: no cover - console entry
