@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps dev test render plan bench clean
+.PHONY: setup system-deps tools dev test render plan bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,14 +19,22 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-test: setup system-deps  ## every test suite
-	$(BIN)/pytest
+tools: setup  ## pinned cluster binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
+	$(BIN)/inferplane cluster tools
+	$(BIN)/inferplane check-vllm-args --prepare
+
+test: setup system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
+	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
 	$(BIN)/inferplane render -f examples/nemotron-ultra.yaml -o rendered/nemotron-ultra
 
 plan: setup
 	$(BIN)/inferplane plan -f examples/nemotron-ultra.yaml
+
+bench: setup  ## benchmarks: ratios measured side by side in one run
+	$(BIN)/python bench/render.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache

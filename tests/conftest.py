@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from inferplane.cluster.versions import KUBERNETES_MINOR
 from inferplane.config import DeploymentConfig, from_mapping
 
 # A real PostgreSQL server for the ledger tests (started once, from the machine's binaries).
@@ -14,8 +15,8 @@ pytest_plugins = ["inferplane.testing.postgres"]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nemotron-ultra.yaml"
-# The Kubernetes minor whose OpenAPI schema the rendered manifests must satisfy.
-KUBERNETES_SCHEMA_VERSION = "1.34"
+# The rendered manifests must satisfy the OpenAPI schema of the Kubernetes we pin for the cluster tests.
+KUBERNETES_SCHEMA_VERSION = KUBERNETES_MINOR
 
 
 @pytest.fixture

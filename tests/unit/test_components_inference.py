@@ -151,6 +151,19 @@ def test_waiting_covers_fetch_and_load_or_is_skipped(mocks):
     assert SKIP_AWAIT not in annotations
 
 
+def test_a_local_cluster_without_our_ingress_controller_does_not_await_the_ingress(mocks):
+    ingress = "kubernetes:networking.k8s.io/v1:Ingress"
+    deploy(mocks, nemotron(cloud="local", region="local", zone=None))
+    assert mocks.one(ingress).inputs["metadata"]["annotations"][SKIP_AWAIT] == "true"
+    assert SKIP_AWAIT not in mocks.one(DEPLOYMENT).inputs["metadata"]["annotations"]
+
+
+def test_clouds_await_their_ingress(mocks):
+    deploy(mocks)
+    annotations = mocks.one("kubernetes:networking.k8s.io/v1:Ingress").inputs["metadata"].get("annotations", {})
+    assert SKIP_AWAIT not in annotations
+
+
 def test_no_wait_marks_every_object_skip_await(mocks):
     deploy(mocks, wait_for_ready=False)
     objects = [r for r in mocks.resources if r.type.startswith("kubernetes:")]

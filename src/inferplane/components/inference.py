@@ -64,6 +64,11 @@ class InferenceService(pulumi.ComponentResource):
         super().__init__(SERVICE_TYPE, name, None, opts)
         self.config = config
         self.manifests = [_with_await_annotations(m, config, args.wait_for_ready) for m in manifests]
+        if not _has_ingress_controller(config, args.platform):
+            # Nothing will ever give the Ingress an address: awaiting it would only time out.
+            for manifest in self.manifests:
+                if manifest["kind"] == "Ingress":
+                    manifest["metadata"].setdefault("annotations", {})[SKIP_AWAIT] = "true"
         platform = [args.platform] if args.platform is not None else []
         keys_file, token_key = _secret_keys(manifests, config)
 
@@ -162,6 +167,14 @@ class InferenceService(pulumi.ComponentResource):
         return secret
 
 
+def _has_ingress_controller(config: DeploymentConfig, platform: Optional[pulumi.Resource]) -> bool:
+    """A `local` cluster has an ingress controller only when our Platform installs one; clouds and
+    `existing` clusters are assumed to have one (the Platform's or their own)."""
+    if config.cloud != "local":
+        return True
+    return getattr(platform, "ingress_nginx", None) is not None
+
+
 def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
                             wait_for_ready: bool) -> dict[str, Any]:
     """A copy with Pulumi's await settings: skip waiting, or wait as long as a model load takes."""
@@ -178,6 +191,10 @@ def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
     elif manifest["kind"] == "Job":
         annotations[TIMEOUT_SECONDS] = str(
             NODE_AND_PULL_SECONDS + config.model_cache.prefetch_timeout_seconds)
+    if not annotations:
+        # The engine drops an empty map from the state on create, so every later preview would
+        # want to add `annotations: {}` back (seen with the real engine on the keys Secret).
+        del manifest["metadata"]["annotations"]
     return manifest
 
 

@@ -1,0 +1,166 @@
+"""`inferplane cluster`: build the pinned tools, and bring a local test cluster up, down, or report it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+cluster_app = typer.Typer(
+    help="A local Kubernetes cluster with fake 8-GPU nodes, for tests and demos.\n\n"
+    "Example:  inferplane cluster tools && inferplane cluster up --backend local",
+    no_args_is_help=True,
+)
+
+StateDirOption = typer.Option(None, "--state-dir",
+                              help="Where pids, logs, certificates and etcd live "
+                                   "(default: .inferplane/cluster).")
+BackendOption = typer.Option("local", "--backend",
+                             help="local (upstream binaries + kwok, no Docker) or kind (Docker).")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _local(state_dir: Optional[Path]):
+    from inferplane.cluster.local import DEFAULT_STATE_DIR, LocalCluster
+
+    return LocalCluster(state_dir or DEFAULT_STATE_DIR, echo=lambda m: typer.echo(m, err=True))
+
+
+@cluster_app.command()
+def tools(
+    only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok) or "
+                                                   "pulumi (CLI + kubernetes provider)."),
+    check: bool = typer.Option(False, "--check", help="Report what is built; build nothing."),
+) -> None:
+    """Build the pinned tools with `go build` from the Go module proxy, or reuse the cached build.
+
+    The cache is machine-wide and keyed by version: ${INFERPLANE_CACHE:-~/.cache/inferplane}/tools.
+
+    Example:  inferplane cluster tools --only cluster
+    """
+    from inferplane.cluster import tools as tool_builds
+
+    selections = {"all": tool_builds.ALL_TOOLS, "cluster": tool_builds.CLUSTER_TOOLS,
+                  "pulumi": tool_builds.PULUMI_TOOLS}
+    if only not in selections:
+        _fail(f"--only must be one of {', '.join(selections)}, not {only!r}", 2)
+    selected = selections[only]
+    if check:
+        missing = tool_builds.missing(selected)
+        for tool in selected:
+            state = "missing" if tool in missing else "built"
+            typer.echo(f"{tool.name:20} {tool.version:40} {state:8} {tool.bin_dir}")
+        raise typer.Exit(1 if missing else 0)
+    started = time.monotonic()
+    progress = tool_builds.Progress(lambda m: typer.echo(m, err=True))
+    try:
+        tool_builds.ensure_all(selected, progress)
+    except tool_builds.ToolBuildError as error:
+        _fail(str(error))
+    typer.echo(f"tools ready in {time.monotonic() - started:.0f} s; PATH for them:\n"
+               f"  export PATH={tool_builds.path_with_tools(selected, '$PATH')}", err=True)
+
+
+@cluster_app.command()
+def up(
+    backend: str = BackendOption,
+    state_dir: Optional[Path] = StateDirOption,
+    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig",
+                                              help="Where to write the admin kubeconfig "
+                                                   "(default: <state-dir>/kubeconfig)."),
+    nodes: int = typer.Option(2, "--nodes", min=1, max=16,
+                              help="Fake 8-GPU nodes (2 leave room for a rolling update)."),
+    region: str = typer.Option("europe-west4", "--region", help="topology.kubernetes.io/region"),
+    zone: str = typer.Option("europe-west4-a", "--zone", help="topology.kubernetes.io/zone"),
+    accelerator: str = typer.Option("H100-80G", "--accelerator",
+                                    help="Catalog accelerator of the fake nodes."),
+) -> None:
+    """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok, GPU nodes.
+
+    Example:  inferplane cluster up --backend local && export KUBECONFIG=.inferplane/cluster/kubeconfig
+    """
+    if backend == "kind":
+        from inferplane.cluster import kind
+
+        try:
+            kind.up(kubeconfig=kubeconfig)
+        except kind.KindError as error:
+            _fail(str(error))
+        return
+    if backend != "local":
+        _fail(f"--backend must be local or kind, not {backend!r}", 2)
+    from inferplane.cluster.local import ClusterError
+
+    cluster = _local(state_dir)
+    try:
+        info = cluster.up(nodes=nodes, kubeconfig=kubeconfig, region=region, zone=zone,
+                          accelerator=accelerator)
+    except ClusterError as error:
+        _fail(str(error))
+    typer.echo(f"cluster up in {info.started_seconds:.0f} s: {info.server}, "
+               f"{len(info.nodes)} fake GPU nodes", err=True)
+    typer.echo(f"export KUBECONFIG={info.kubeconfig}")
+
+
+@cluster_app.command()
+def down(backend: str = BackendOption, state_dir: Optional[Path] = StateDirOption) -> None:
+    """Stop every process `up` started (by pid) and remove the cluster's state."""
+    if backend == "kind":
+        from inferplane.cluster import kind
+
+        try:
+            kind.down()
+        except kind.KindError as error:
+            _fail(str(error))
+        return
+    cluster = _local(state_dir)
+    stopped = cluster.down()
+    typer.echo(f"stopped {len(stopped)} processes; removed {cluster.state_dir}", err=True)
+
+
+@cluster_app.command()
+def status(
+    state_dir: Optional[Path] = StateDirOption,
+    output: str = typer.Option("table", "--output", "-o", help="table or json"),
+) -> None:
+    """Report each process of the local cluster and the API server's health. Exit 1 if not running."""
+    report = _local(state_dir).status()
+    if output == "json":
+        typer.echo(json.dumps(report, indent=2))
+    elif output == "table":
+        typer.echo(f"api: {report['api']}  {report.get('server', '')}")
+        for name, process in report["processes"].items():
+            typer.echo(f"  {name:25} pid {process['pid']:<8} "
+                       f"{'running' if process['alive'] else 'STOPPED'}  {process['log']}")
+        if report.get("kubeconfig"):
+            typer.echo(f"kubeconfig: {report['kubeconfig']}")
+    else:
+        _fail(f"--output must be table or json, not {output!r}", 2)
+    raise typer.Exit(0 if report["running"] else 1)
+
+
+@cluster_app.command()
+def env(state_dir: Optional[Path] = StateDirOption) -> None:
+    """Print shell exports for the cluster and the Pulumi engine (local backend, tools on PATH).
+
+    Example:  eval "$(inferplane cluster env)" && pulumi stack ls
+    """
+    from inferplane.cluster import pulumi_env
+
+    cluster = _local(state_dir)
+    info = cluster.info()
+    values = pulumi_env.engine_environment(cluster.state_dir / "pulumi")
+    if info:
+        values["KUBECONFIG"] = str(info.kubeconfig)
+    for key, value in values.items():
+        if key == "PATH":
+            typer.echo(f'export PATH="{pulumi_env.tools_path()}:$PATH"')
+        else:
+            typer.echo(f"export {key}={json.dumps(value)}")

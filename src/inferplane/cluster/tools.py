@@ -1,0 +1,329 @@
+"""Build (or reuse) the pinned cluster and Pulumi engine binaries with `go build`.
+
+Everything comes from the Go module proxy at the versions in `versions.py`. Builds go into a
+machine-wide cache keyed by version, outside the repo, so a second run, another checkout or CI on
+the same machine reuses them:
+`${INFERPLANE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/inferplane}/tools/<name>-<version>/bin/`.
+Each build happens in a scratch directory and is moved into place only when complete, so an
+interrupted build never leaves a half-built tool that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from inferplane.cluster import versions
+
+STAMP_FILE = "tool.json"
+
+
+class ToolBuildError(RuntimeError):
+    """A tool could not be built: the message names the tool, the command and its output tail."""
+
+
+def cache_root() -> Path:
+    """The machine-wide cache directory (INFERPLANE_CACHE, else XDG_CACHE_HOME/inferplane)."""
+    explicit = os.environ.get("INFERPLANE_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "inferplane"
+
+
+def go_environment() -> dict[str, str]:
+    """Go's module and build caches live in our cache too, so a warm machine builds nothing."""
+    root = cache_root() / "go"
+    env = dict(os.environ)
+    env.update({
+        "GOMODCACHE": str(root / "mod"),
+        "GOCACHE": str(root / "build"),
+        "GOFLAGS": "-mod=mod -buildvcs=false",
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": env.get("GOTOOLCHAIN", "local"),
+        "GOWORK": "off",
+    })
+    return env
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One pinned tool: the binaries it provides and how to build them."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    build: Callable[["Tool", Path, "Progress"], None]
+    # `binary --version`-style command whose output must contain `version_text`; empty: stamp only.
+    version_args: tuple[str, ...] = ()
+    version_text: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return cache_root() / "tools" / f"{self.name}-{self.version}"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.directory / "bin"
+
+    def path(self, binary: str | None = None) -> Path:
+        """Where a binary of this tool lives (built or not)."""
+        return self.bin_dir / (binary or self.binaries[0])
+
+    def is_built(self) -> bool:
+        """The stamp matches, every binary exists, and the first one reports the pinned version."""
+        stamp = self.directory / STAMP_FILE
+        try:
+            recorded = json.loads(stamp.read_text())
+        except (OSError, ValueError):
+            return False
+        if recorded.get("version") != self.version:
+            return False
+        if not all(os.access(self.path(b), os.X_OK) for b in self.binaries):
+            return False
+        if not self.version_args:
+            return True
+        try:
+            result = subprocess.run([str(self.path()), *self.version_args], capture_output=True,
+                                    text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return self.version_text in (result.stdout + result.stderr)
+
+
+class Progress:
+    """Prints what is being built and how long it took (builds take minutes when cold)."""
+
+    def __init__(self, echo: Callable[[str], None] | None = None):
+        self.echo = echo or (lambda message: print(message, flush=True))
+
+    def step(self, message: str) -> None:
+        self.echo(f"  {message}")
+
+
+def _run(tool: Tool, args: list[str], cwd: Path, progress: Progress, env: dict[str, str] | None = None,
+         log: Path | None = None) -> None:
+    """Run one build command at low priority; on failure raise with the tail of its output."""
+    progress.step(" ".join(args[:3]) + (" ..." if len(args) > 3 else ""))
+    command = ["nice", "-n", "10", *args] if shutil.which("nice") else args
+    result = subprocess.run(command, cwd=cwd, env=env or go_environment(), capture_output=True,
+                            text=True)
+    if log is not None:
+        with log.open("a") as handle:
+            handle.write(f"$ {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
+        raise ToolBuildError(f"building {tool.name} {tool.version} failed: `{' '.join(args)}` "
+                             f"exited {result.returncode}:\n{tail}")
+
+
+def _go() -> str:
+    # Go's own installer puts it in /usr/local/go, which a non-login shell may not have on PATH.
+    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    if not go:
+        raise ToolBuildError("the `go` command is not on PATH; install Go 1.26 or newer "
+                             "(the tools are built from the Go module proxy)")
+    return go
+
+
+def _module_dir(module: str, version: str) -> Path:
+    """Download a module into our module cache and return its (read-only) directory."""
+    result = subprocess.run([_go(), "mod", "download", "-json", f"{module}@{version}"],
+                            env=go_environment(), capture_output=True, text=True, cwd=cache_root())
+    if result.returncode != 0:
+        raise ToolBuildError(f"cannot download {module}@{version}: {result.stdout}{result.stderr}")
+    info = json.loads(result.stdout)
+    if "Error" in info:
+        raise ToolBuildError(f"cannot download {module}@{version}: {info['Error']}")
+    return Path(info["Dir"])
+
+
+def _write_wrapper(work: Path, module_name: str, requires: dict[str, str],
+                   replaces: dict[str, tuple[str, str]]) -> None:
+    """A throwaway main module: `require` the upstream modules and repeat their replaces."""
+    lines = [f"module {module_name}", "", "go 1.26.0", "", "require ("]
+    lines += [f"\t{path} {version}" for path, version in requires.items()]
+    lines += [")", ""]
+    if replaces:
+        lines.append("replace (")
+        for path, (target, version) in replaces.items():
+            lines.append(f"\t{path} => {target} {version}".rstrip())
+        lines += [")", ""]
+    (work / "go.mod").write_text("\n".join(lines))
+
+
+def _go_build(tool: Tool, work: Path, out: Path, packages: dict[str, str], ldflags: Iterable[str],
+              progress: Progress) -> None:
+    """`go get` the main packages at the pinned versions, then build each into out/<binary>."""
+    log = work / "build.log"
+    _run(tool, [_go(), "get", *[f"{pkg}@{version}" for pkg, version in packages.values()]],
+         work, progress, log=log)
+    flags = " ".join(["-s", "-w", *ldflags])
+    for binary, (pkg, _version) in packages.items():
+        started = time.monotonic()
+        _run(tool, [_go(), "build", "-trimpath", "-ldflags", flags, "-o", str(out / binary), pkg],
+             work, progress, log=log)
+        progress.step(f"built {binary} in {time.monotonic() - started:.0f} s")
+
+
+# -- the tools ---------------------------------------------------------------------------------
+
+def _build_etcd(tool: Tool, work: Path, progress: Progress) -> None:
+    _write_wrapper(work, "inferplane.local/tools/etcd", {versions.ETCD_MODULE: tool.version}, {})
+    _go_build(tool, work, work / "out" / "bin",
+              {"etcd": (versions.ETCD_MODULE, tool.version)}, [], progress)
+
+
+def kubernetes_staging_replaces(version: str, staging_version: str) -> dict[str, tuple[str, str]]:
+    """k8s.io/kubernetes replaces every k8s.io/* staging module with ./staging/...; a wrapper module
+    points each at its published v0.X.Y instead (read from the pinned go.mod, never hard-coded)."""
+    source = _module_dir("k8s.io/kubernetes", version) / "go.mod"
+    replaces: dict[str, tuple[str, str]] = {}
+    for line in source.read_text().splitlines():
+        parts = line.replace("replace ", "").split()
+        if len(parts) == 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
+            replaces[parts[0]] = (parts[0], staging_version)
+    if not replaces:
+        raise ToolBuildError(f"found no staging replace directives in k8s.io/kubernetes@{version}")
+    return replaces
+
+
+def _build_kubernetes(tool: Tool, work: Path, progress: Progress) -> None:
+    replaces = kubernetes_staging_replaces(tool.version, versions.KUBERNETES_STAGING_VERSION)
+    _write_wrapper(work, "inferplane.local/tools/kubernetes", {"k8s.io/kubernetes": tool.version},
+                   replaces)
+    major, minor = tool.version.lstrip("v").split(".")[:2]
+    ldflags = [
+        f"-X k8s.io/component-base/version.gitVersion={tool.version}",
+        f"-X k8s.io/component-base/version.gitMajor={major}",
+        f"-X k8s.io/component-base/version.gitMinor={minor}",
+        "-X k8s.io/component-base/version.gitTreeState=clean",
+        f"-X k8s.io/client-go/pkg/version.gitVersion={tool.version}",
+    ]
+    packages = {name: (f"k8s.io/kubernetes/cmd/{name}", tool.version) for name in tool.binaries}
+    _go_build(tool, work, work / "out" / "bin", packages, ldflags, progress)
+
+
+def _build_kwok(tool: Tool, work: Path, progress: Progress) -> None:
+    _write_wrapper(work, "inferplane.local/tools/kwok", {versions.KWOK_MODULE: tool.version}, {})
+    _go_build(tool, work, work / "out" / "bin",
+              {"kwok": (f"{versions.KWOK_MODULE}/cmd/kwok", tool.version)},
+              [f"-X sigs.k8s.io/kwok/pkg/consts.Version={tool.version.lstrip('v')}"], progress)
+    # kwok needs Stage objects to act like kubelets; take upstream's from the pinned module.
+    source = _module_dir(versions.KWOK_MODULE, tool.version)
+    stages = work / "out" / "stages"
+    stages.mkdir(parents=True)
+    for relative in versions.KWOK_STAGE_FILES:
+        shutil.copyfile(source / relative, stages / Path(relative).name)
+
+
+def _build_pulumi(tool: Tool, work: Path, progress: Progress) -> None:
+    _write_wrapper(work, "inferplane.local/tools/pulumi", {versions.PULUMI_MODULE: tool.version},
+                   versions.PULUMI_REPLACES)
+    _go_build(tool, work, work / "out" / "bin",
+              {"pulumi": (f"{versions.PULUMI_MODULE}/cmd/pulumi", tool.version)},
+              [f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={tool.version}"],
+              progress)
+
+
+def generate_provider_embeds(package_dir: Path, version: str) -> None:
+    """What the provider's `go generate` (generate.go) does before it compiles: the schema with its
+    version set, and the Terraform mapping, as the compact JSON files that main.go embeds."""
+    schema = json.loads((package_dir / "schema.json").read_text())
+    schema["version"] = version
+    (package_dir / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
+    mapping = json.loads((package_dir / "terraform-mapping.json").read_text())
+    (package_dir / "terraform-mapping-embed.json").write_text(
+        json.dumps(mapping, separators=(",", ":")))
+
+
+def _build_pulumi_kubernetes(tool: Tool, work: Path, progress: Progress) -> None:
+    # go:embed files must sit beside main.go, and the module cache is read-only: build from a
+    # writable copy of the pinned module, wired in with a replace directive.
+    source = _module_dir(versions.PULUMI_KUBERNETES_MODULE, tool.version)
+    copy = work / "provider"
+    shutil.copytree(source, copy)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    plugin_version = tool.version.lstrip("v")
+    generate_provider_embeds(copy / "cmd" / "pulumi-resource-kubernetes", plugin_version)
+    replaces = dict(versions.PULUMI_KUBERNETES_REPLACES)
+    replaces[versions.PULUMI_KUBERNETES_MODULE] = ("./provider", "")
+    _write_wrapper(work, "inferplane.local/tools/pulumi-kubernetes",
+                   {versions.PULUMI_KUBERNETES_MODULE: tool.version}, replaces)
+    version_flag = (f"-X {versions.PULUMI_KUBERNETES_MODULE}/pkg/version.Version={plugin_version}")
+    _go_build(tool, work, work / "out" / "bin",
+              {"pulumi-resource-kubernetes": (
+                  f"{versions.PULUMI_KUBERNETES_MODULE}/cmd/pulumi-resource-kubernetes",
+                  tool.version)},
+              [version_flag], progress)
+
+
+ETCD = Tool("etcd", versions.ETCD_VERSION, ("etcd",), _build_etcd,
+            ("--version",), f"etcd Version: {versions.ETCD_VERSION.lstrip('v')}")
+KUBERNETES = Tool("kubernetes", versions.KUBERNETES_VERSION,
+                  ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+                  _build_kubernetes, ("--version",), f"Kubernetes {versions.KUBERNETES_VERSION}")
+KWOK = Tool("kwok", versions.KWOK_VERSION, ("kwok",), _build_kwok,
+            ("--version",), versions.KWOK_VERSION.lstrip("v"))
+PULUMI = Tool("pulumi", versions.PULUMI_VERSION, ("pulumi",), _build_pulumi,
+              ("version",), versions.PULUMI_VERSION)
+PULUMI_KUBERNETES = Tool("pulumi-kubernetes", versions.PULUMI_KUBERNETES_VERSION,
+                         ("pulumi-resource-kubernetes",), _build_pulumi_kubernetes)
+
+CLUSTER_TOOLS = (ETCD, KUBERNETES, KWOK)
+PULUMI_TOOLS = (PULUMI, PULUMI_KUBERNETES)
+ALL_TOOLS = CLUSTER_TOOLS + PULUMI_TOOLS
+TOOLS_BY_NAME = {tool.name: tool for tool in ALL_TOOLS}
+
+
+def ensure(tool: Tool, progress: Progress | None = None) -> Path:
+    """Build `tool` unless a good build is cached; return its bin directory."""
+    progress = progress or Progress()
+    if tool.is_built():
+        progress.echo(f"{tool.name} {tool.version}: cached in {tool.directory}")
+        return tool.bin_dir
+    started = time.monotonic()
+    progress.echo(f"{tool.name} {tool.version}: building (minutes when cold; "
+                  f"go caches in {cache_root() / 'go'})")
+    scratch = cache_root() / "build" / f"{tool.name}-{tool.version}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    tool.build(tool, scratch, progress)
+    out = scratch / "out"
+    (out / STAMP_FILE).write_text(json.dumps({
+        "name": tool.name, "version": tool.version, "binaries": list(tool.binaries),
+        "built_seconds": round(time.monotonic() - started),
+    }, indent=2))
+    shutil.rmtree(tool.directory, ignore_errors=True)
+    tool.directory.parent.mkdir(parents=True, exist_ok=True)
+    out.rename(tool.directory)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if not tool.is_built():
+        raise ToolBuildError(f"{tool.name} built, but `{tool.path()} "
+                             f"{' '.join(tool.version_args)}` does not report {tool.version_text!r}")
+    progress.echo(f"{tool.name} {tool.version}: built in {time.monotonic() - started:.0f} s")
+    return tool.bin_dir
+
+
+def ensure_all(tools: Iterable[Tool] = ALL_TOOLS, progress: Progress | None = None) -> dict[str, Path]:
+    """Build or reuse each tool in turn (one at a time: each `go build` uses every core)."""
+    return {tool.name: ensure(tool, progress) for tool in tools}
+
+
+def missing(tools: Iterable[Tool] = ALL_TOOLS) -> list[Tool]:
+    """The tools that are not built yet (cheap: no build, one version call each)."""
+    return [tool for tool in tools if not tool.is_built()]
+
+
+def path_with_tools(tools: Iterable[Tool] = ALL_TOOLS, base: str | None = None) -> str:
+    """PATH with the tools' bin directories first, so Pulumi finds its provider there."""
+    dirs = [str(tool.bin_dir) for tool in tools]
+    return os.pathsep.join([*dirs, base if base is not None else os.environ.get("PATH", "")])

@@ -1,0 +1,59 @@
+"""Every pinned version of the local cluster and Pulumi engine tools, in one place.
+
+Change a pin here and `inferplane cluster tools` builds the new version beside the old one
+(the cache is keyed by version). Each pin is a version the Go module proxy serves.
+"""
+
+from __future__ import annotations
+
+# Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler), built from
+# k8s.io/kubernetes with its staging modules replaced by their published k8s.io/* v0.X.Y.
+# The unit tests validate rendered manifests against kubernetes-validate's schema of the same minor.
+KUBERNETES_VERSION = "v1.37.2"
+KUBERNETES_MINOR = "1.37"
+KUBERNETES_STAGING_VERSION = "v0.37.2"
+
+# etcd: Kubernetes >= 1.31 needs the health endpoints of etcd >= 3.5.11 / 3.4.29, so not
+# Debian's 3.4.23. The `etcd` main package is the root of the server module.
+ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+ETCD_VERSION = "v3.6.16"
+
+# kwok stands in for kubelets: keeps fake nodes Ready and marks their pods Running.
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_VERSION = "v0.8.0"
+# The upstream Stage definitions kwok runs (read from the pinned module, not copied into the repo).
+KWOK_STAGE_FILES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+
+# The Pulumi CLI (engine). The proxy serves pkg/v3 at v3.274.x but not v3.272.0, the newest Python
+# SDK on PyPI; a CLI newer than the SDK is the supported direction.
+PULUMI_MODULE = "github.com/pulumi/pulumi/pkg/v3"
+PULUMI_VERSION = "v3.274.1"
+# Upstream pkg/go.mod's own replace directives, repeated in the wrapper module.
+PULUMI_REPLACES = {
+    "github.com/pulumi/pulumi/sdk/v3": ("github.com/pulumi/pulumi/sdk/v3", PULUMI_VERSION),
+    "github.com/atotto/clipboard": ("github.com/tgummerer/clipboard",
+                                    "v0.0.0-20241001131231-d02d263e614e"),
+}
+# pulumi-language-python (module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
+# is refused by the module proxy here at every version (403), so programs run through the
+# Automation API's inline mode: the Python SDK serves the language runtime in-process and the real
+# CLI engine and provider do the rest.
+PULUMI_LANGUAGE_PYTHON_MODULE = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3"
+
+# The Kubernetes resource provider. The proxy lists only this pseudo-version of provider/v4
+# (a commit of 2026-01-15, between releases 4.24.0 and 4.29.0); the Python SDK on PyPI is newer
+# (4.34.2). The engine uses the provider found on PATH whatever version the SDK asks for.
+PULUMI_KUBERNETES_MODULE = "github.com/pulumi/pulumi-kubernetes/provider/v4"
+PULUMI_KUBERNETES_VERSION = "v4.0.0-20260115033456-f47bc2d6f199"
+# Upstream provider/go.mod replaces sdk/v4 with ../sdk of the same commit; the nearest published
+# module is the one its go.mod requires.
+PULUMI_KUBERNETES_REPLACES = {
+    "github.com/pulumi/pulumi-kubernetes/sdk/v4": ("github.com/pulumi/pulumi-kubernetes/sdk/v4",
+                                                   "v4.24.0"),
+}

@@ -1,0 +1,53 @@
+"""Fixtures for the cluster tests: one real local control plane per test session.
+
+The binaries come from `inferplane cluster tools` (machine-wide cache). Without them the tests skip
+with that instruction, unless INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 (set by CI), where a missing tool is
+a failure: a green run must not hide a cluster suite that never ran.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from inferplane.cluster import tools
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def require_tools(selected: tuple[tools.Tool, ...], what: str) -> None:
+    """Skip (or fail under CI) when the pinned tools are not built."""
+    missing = tools.missing(selected)
+    if not missing:
+        return
+    names = ", ".join(f"{t.name} {t.version}" for t in missing)
+    message = f"{what} needs {names}: run `inferplane cluster tools` first"
+    if os.environ.get("INFERPLANE_REQUIRE_CLUSTER_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A running local cluster with two fake 8 x H100 nodes; stopped after the session."""
+    require_tools(tools.CLUSTER_TOOLS, "the local cluster")
+    from inferplane.cluster.local import LocalCluster
+
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster") / "state", echo=lambda m: None)
+    info = cluster.up(nodes=2)
+    try:
+        yield info
+    finally:
+        cluster.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def kube_client(local_cluster):
+    """The official Kubernetes Python client, logged in as the cluster admin."""
+    from kubernetes import config as kube_config
+
+    client = kube_config.new_client_from_config(config_file=str(local_cluster.kubeconfig))
+    yield client
+    client.close()
