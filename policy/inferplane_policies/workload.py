@@ -20,8 +20,18 @@ PARALLEL_FLAGS = {
 }
 
 
+def is_simulator(container: Mapping[str, Any]) -> bool:
+    """A container running inferplane's vLLM stand-in (`model.engine: simulator`): it needs no GPU."""
+    argv = command_line(container)
+    if argv[:2] == ["inferplane", "simulator"]:
+        return True
+    return any(argv[i:i + 2] == ["-m", "inferplane.simulator"] for i in range(len(argv) - 1))
+
+
 def is_vllm(container: Mapping[str, Any]) -> bool:
     """A container that runs vLLM's server (by its command, its flags, or its image)."""
+    if is_simulator(container):
+        return False
     argv = command_line(container)
     if any(flag_value(argv, *flags) is not None for flags in PARALLEL_FLAGS.values()):
         return True

@@ -37,6 +37,13 @@ KIND_ORDER = ["Namespace", "PriorityClass", "ServiceAccount", "ConfigMap", "Pers
               "ScaledObject", "PodMonitor", "PrometheusRule"]
 # HorizontalPodAutoscaler behavior policies accept periods up to 30 minutes.
 HPA_MAX_PERIOD_SECONDS = 1800
+# model.engine: simulator runs our own image's vLLM stand-in in the vLLM container's place: same
+# port, same probes, no GPU, no weights; it starts in seconds, so its startup budget is short.
+SIMULATOR_COMMAND = ["inferplane", "simulator"]
+SIMULATOR_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"},
+                       "limits": {"cpu": "1", "memory": "512Mi"}}
+SIMULATOR_STARTUP_BUDGET_SECONDS = 120
+SIMULATOR_CACHE_SIZE = "1Gi"
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
 _VLLM_HEALTH_CHECK = (
@@ -79,6 +86,11 @@ def _environment() -> Environment:
     # JSON is YAML: every scalar goes through tojson, so no value can break the document.
     env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=False)
     return env
+
+
+def mebibytes(value: int) -> str:
+    """A quantity in the API server's canonical form (1024Mi is stored as 1Gi), so GitOps diffs stay quiet."""
+    return f"{value // 1024}Gi" if value % 1024 == 0 else f"{value}Mi"
 
 
 def labels(config: DeploymentConfig, component: str) -> dict[str, str]:
@@ -129,8 +141,40 @@ def vllm_args(config: DeploymentConfig) -> list[str]:
     return args
 
 
+def simulator_args(config: DeploymentConfig) -> list[str]:
+    """The `inferplane simulator` argument list: answers as the configured model's vLLM would."""
+    args = [
+        "--host", "127.0.0.1",
+        "--port", str(VLLM_PORT),
+        "--served-model-name", config.served_model_name,
+        "--catalog-key", config.model_spec.key,
+        "--max-model-len", str(config.max_model_len),
+    ]
+    if config.model.max_num_seqs:
+        args += ["--max-num-seqs", str(config.model.max_num_seqs)]
+    return args
+
+
+def uses_simulator(config: DeploymentConfig) -> bool:
+    """True when the vLLM container runs the simulator (no GPU, no weights to fetch)."""
+    return config.model.engine == "simulator"
+
+
+def _vllm_resources(config: DeploymentConfig) -> dict[str, Any]:
+    if uses_simulator(config):
+        return SIMULATOR_RESOURCES
+    gpus = str(config.tensor_parallel_size)
+    return {
+        "requests": {"cpu": config.resources.vllm_cpu, "memory": config.resources.vllm_memory,
+                     GPU_RESOURCE: gpus},
+        "limits": {"memory": config.resources.vllm_memory_limit, GPU_RESOURCE: gpus},
+    }
+
+
 def _cache_volume(config: DeploymentConfig) -> dict[str, Any]:
     cache = config.model_cache
+    if uses_simulator(config):
+        return {"name": "model-cache", "emptyDir": {"sizeLimit": SIMULATOR_CACHE_SIZE}}
     if cache.kind == "pvc":
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.cache_claim_name}}
     if cache.kind == "host_path":
@@ -227,8 +271,10 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
             "name": config.ledger_secret_name, "key": "url"}}})
     hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
         "name": config.hf_secret_name, "key": "token", "optional": True}}}
+    simulator = uses_simulator(config)
     # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
-    offline = config.model_cache.kind in ("pvc", "host_path")
+    offline = config.model_cache.kind in ("pvc", "host_path") and not simulator
+    startup_budget = SIMULATOR_STARTUP_BUDGET_SECONDS if simulator else config.startup_budget_seconds
     env = [
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp/home"},
@@ -254,18 +300,21 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "selector": selector_labels(config),
         "replicas": config.replicas,
         "rolling_update": _rolling_update(config),
-        "vllm_image": config.image.vllm,
+        "vllm_image": config.image.gateway if simulator else config.image.vllm,
         "gateway_image": config.image.gateway,
         "pull_policy": config.image.pull_policy,
-        "vllm_command": ["vllm", "serve"],
-        "vllm_args": vllm_args(config),
+        "vllm_command": SIMULATOR_COMMAND if simulator else ["vllm", "serve"],
+        "vllm_args": simulator_args(config) if simulator else vllm_args(config),
         "vllm_env": env,
+        "vllm_resources": _vllm_resources(config),
         "gpu_resource": GPU_RESOURCE,
         "gpus": tp,
-        "node_selector": {ACCELERATOR_LABEL: config.accelerator.type},
+        # The simulator needs no GPU node, so no selector; the GPU toleration stays (it only
+        # permits), so it also runs on a tainted fake GPU node such as the kind backend's.
+        "node_selector": None if simulator else {ACCELERATOR_LABEL: config.accelerator.type},
         "health_exec": ["python3", "-c", _VLLM_HEALTH_CHECK],
         "drain_exec": ["python3", "-c", _VLLM_DRAIN.format(budget=max(grace - 15, 5))],
-        "startup_failure_threshold": -(-config.startup_budget_seconds // period),
+        "startup_failure_threshold": -(-startup_budget // period),
         "period": period,
         "grace": grace,
         "readiness_failure_threshold": config.probes.readiness_failure_threshold,
@@ -274,7 +323,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "cache_volume": _cache_volume(config),
         "cache_dir": MODEL_CACHE_DIR,
         "cache_read_only": offline,
-        "prefetch": config.model_cache.kind == "pvc",
+        "prefetch": config.model_cache.kind == "pvc" and not simulator,
         "fetch_args": fetch_args,
         "wait_args": wait_args,
         "hf_token_env": hf_token,
@@ -292,7 +341,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "gateway_env": gateway_env,
         # The spool: survives container restarts (not pod deletion: the gateway drains it on
         # the way out); bounded so a long central outage cannot fill the node's disk.
-        "ledger_volume": {"name": "ledger", "emptyDir": {"sizeLimit": f"{ledger.spool_size_limit_mib}Mi"}},
+        "ledger_volume": {"name": "ledger", "emptyDir": {"sizeLimit": mebibytes(ledger.spool_size_limit_mib)}},
         "keys_secret_name": config.keys_secret_name,
         "ingress": config.ingress,
         "tls_secret_name": config.tls_secret_name,
@@ -330,7 +379,7 @@ def _template_names(config: DeploymentConfig) -> list[str]:
     names = ["namespace.yaml.j2", "serviceaccount.yaml.j2", "configmap-gateway.yaml.j2"]
     if config.priority.create:
         names.append("priorityclass.yaml.j2")
-    if config.model_cache.kind == "pvc":
+    if config.model_cache.kind == "pvc" and not uses_simulator(config):
         names += ["pvc-model-cache.yaml.j2", "job-fetch-weights.yaml.j2"]
     names += ["deployment.yaml.j2", "service.yaml.j2"]
     if config.ingress.enabled:

@@ -57,7 +57,7 @@ def test_simulator_stack_answers_a_chat_completion_through_the_gateway(kind_clus
     assert pods and all(p.status.phase == "Running" for p in pods)
     vllm = next(c for c in pods[0].spec.containers if c.name == "vllm")
     assert vllm.command == ["inferplane", "simulator"]
-    # A second key-less request is refused: the smoke test's success was the key's doing.
+    # A wrong key is refused: the smoke test passed because of the real key.
     from inferplane.cluster import simulator_stack
 
     config = simulator_stack.simulator_config(kind.DEV_IMAGE, REPO_ROOT / simulator_stack.LOCAL_STACK_FILE)

@@ -81,6 +81,9 @@ def up(
     zone: str = typer.Option("europe-west4-a", "--zone", help="topology.kubernetes.io/zone"),
     accelerator: str = typer.Option("H100-80G", "--accelerator",
                                     help="Catalog accelerator of the fake nodes."),
+    deploy: bool = typer.Option(True, "--deploy/--no-deploy",
+                                help="kind only: deploy the local stack on the simulator and "
+                                     "smoke-test a chat completion through the gateway."),
 ) -> None:
     """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok, GPU nodes.
 
@@ -90,7 +93,7 @@ def up(
         from inferplane.cluster import kind
 
         try:
-            kind.up(kubeconfig=kubeconfig)
+            kind.up(kubeconfig=kubeconfig, deploy=deploy)
         except kind.KindError as error:
             _fail(str(error))
         return
