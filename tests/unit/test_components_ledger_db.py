@@ -63,6 +63,7 @@ class _ProtectMonitor(testing._RecordingMonitor):
 @pytest.fixture
 def mocks():
     mocks = DatabaseMocks()
+    testing.ensure_event_loop()
     pulumi.runtime.set_mocks(mocks, project="inferplane", stack="test", preview=False,
                              monitor=_ProtectMonitor(mocks))
     return mocks

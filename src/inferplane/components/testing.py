@@ -8,6 +8,8 @@ registration is done, so a test can then assert on `mocks.resources`.
 
 from __future__ import annotations
 
+import asyncio
+
 import runpy
 import threading
 from dataclasses import dataclass, field
@@ -140,8 +142,20 @@ class _RecordingMonitor(MockMonitor):
         return super().RegisterResourceOutputs(request)
 
 
+def ensure_event_loop() -> None:
+    """Pulumi registers the root Stack on the current event loop. After an `asyncio.run()` anywhere
+    earlier in the process the main thread has none (or a closed one): give it a fresh one."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def install(project: str = "inferplane", stack: str = "test") -> RecordingMocks:
     """Fresh mocks for one test (not a preview: outputs are known)."""
+    ensure_event_loop()
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False,
                              monitor=_RecordingMonitor(mocks))
