@@ -459,6 +459,53 @@ async def test_sqlite_locked_records_wait_in_memory_and_are_committed_later(tmp_
 
 
 @pytest.mark.anyio
+async def test_a_lone_sqlite_record_commits_inline_and_falls_back_to_the_thread_when_locked(tmp_path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(f"sqlite:///{path}?busy_timeout_ms=20")
+    writer = AsyncLedgerWriter(ledger, commit_timeout_seconds=None, retry_initial_seconds=0.01,
+                               retry_max_seconds=0.05)
+    # Idle writer: write() finishes without ever suspending (no thread hop), and the record is
+    # already committed: another connection sees it.
+    with pytest.raises(StopIteration):
+        writer.write(make_record("inline")).send(None)
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT request_id FROM usage_records").fetchall() == [("inline",)]
+    assert (writer.committed_total, writer.commits_total, writer.backlog) == (1, 1, 0)
+
+    # Locked: the inline attempt gives up at once and the thread waits, retries and commits.
+    blocker = _lock_sqlite(path)
+    await asyncio.sleep(0)  # a new turn of the loop, so the next record may go inline again
+    task = asyncio.create_task(writer.write(make_record("while-locked")))
+    await _wait_until(lambda: writer.failures_total >= 1, "the thread to meet the lock")
+    assert not task.done() and writer.backlog == 1
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await task
+    assert sorted(row[0] for row in other.execute("SELECT request_id FROM usage_records")) == [
+        "inline", "while-locked"]
+    other.close()
+    await writer.aclose()
+    ledger.close()
+
+
+@pytest.mark.anyio
+async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, monkeypatch) -> None:
+    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+
+    monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 3)
+    ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
+    writer = AsyncLedgerWriter(ledger)
+    for i in range(3):
+        with pytest.raises(StopIteration):  # inline: finished without suspending
+            writer.write(make_record(f"cp-{i}")).send(None)
+        await asyncio.sleep(0)
+    await _wait_until(lambda: not ledger.checkpoint_due, "the thread to checkpoint")
+    await writer.aclose()
+    assert ledger.count() == 3
+    ledger.close()
+
+
+@pytest.mark.anyio
 async def test_backlog_is_bounded_and_overflow_is_refused_loudly(tmp_path) -> None:
     path = tmp_path / "ledger.db"
     ledger = open_ledger(f"sqlite:///{path}?busy_timeout_ms=20")

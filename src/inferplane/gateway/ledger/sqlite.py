@@ -6,6 +6,11 @@ reached the kernel survives the death of the process (SIGKILL, OOM kill, a crash
 the failure this sidecar must survive. What NORMAL gives up is the last few commits on a power
 loss or kernel crash (the database stays consistent). Pass `?synchronous=full` in the URL to
 fsync every commit as well; with group commit that is one fsync per batch, not per request.
+
+`write_inline()` is AsyncLedgerWriter's fast path for a lone record: the same WAL commit on the
+caller's thread through a third connection that never waits for a lock (busy timeout 0) and
+never checkpoints (a checkpoint writes and fsyncs pages: `checkpoint()` does it on the writer's
+thread instead, when `checkpoint_due`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ _GROUP_EXPRESSIONS = {
     "input_price_per_million": "input_price_per_million",  # TEXT, as recorded
     "output_price_per_million": "output_price_per_million",
 }
+# Inline commits between two checkpoints; with a few WAL pages per commit this is about the WAL
+# size (1000 pages) at which SQLite would checkpoint by itself.
+INLINE_COMMITS_PER_CHECKPOINT = 500
+
 # Errors that say "this data can never go in" rather than "the database is not writable now".
 _RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
                   sqlite3.ProgrammingError)
@@ -136,6 +145,9 @@ class SQLiteLedger(Ledger):
         self._closed = False
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._inline_lock = threading.Lock()
+        self._inline: sqlite3.Connection | None = None  # opened by the first write_inline()
+        self._inline_commits = 0  # since the last checkpoint()
         try:
             self._writer = self._connect()
             self._migrate(create=create)
@@ -144,13 +156,15 @@ class SQLiteLedger(Ledger):
             raise LedgerUnavailableError(f"cannot open SQLite ledger {self.path}: {error}") from error
         self._reader.create_aggregate("decimal_sum", 1, _DecimalSum)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; write() says BEGIN/COMMIT itself.
+        if busy_timeout_ms is None:
+            busy_timeout_ms = self._busy_timeout_ms
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=self._busy_timeout_ms / 1000)
+                                     timeout=busy_timeout_ms / 1000)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(f"PRAGMA synchronous={self.synchronous}")
-        connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         return connection
 
     def _migrate(self, *, create: bool) -> None:
@@ -220,6 +234,61 @@ class SQLiteLedger(Ledger):
                     raise LedgerRecordError(f"SQLite ledger {self.path} refused a record: {error}") from error
                 # Locked, disk full, I/O error, read-only file: nothing was written; retry later.
                 raise LedgerUnavailableError(f"SQLite ledger {self.path} not writable: {error}") from error
+
+    def write_inline(self, records: Sequence[UsageRecord]) -> int | None:
+        """Commit `records` now if that cannot wait for a lock; None when nothing was written.
+
+        For a caller that must not block (an event loop): the database busy (another writer,
+        a lock held elsewhere), another thread inside write_inline(), synchronous above NORMAL
+        (an fsync per commit) or any error gives None at once, and the caller should hand the
+        records to write() on another thread, which waits, retries and reports properly.
+        Otherwise as durable as write() when it returns; returns how many were new.
+        """
+        if self._closed or self.synchronous != "NORMAL":
+            return None
+        for record in records:
+            check_record(record)
+        rows = [_encode(record) for record in records]
+        if not rows or not self._inline_lock.acquire(blocking=False):
+            return None
+        try:
+            connection = self._inline
+            if connection is None:
+                try:
+                    connection = self._connect(busy_timeout_ms=0)
+                    connection.execute("PRAGMA wal_autocheckpoint=0")
+                except sqlite3.Error:
+                    return None
+                self._inline = connection
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                before = connection.total_changes
+                connection.executemany(_INSERT, rows)
+                inserted = connection.total_changes - before
+                connection.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback(connection)
+                return None
+            self._inline_commits += 1
+            return inserted
+        finally:
+            self._inline_lock.release()
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """True when inline commits have grown the WAL enough for a `checkpoint()`."""
+        return self._inline_commits >= INLINE_COMMITS_PER_CHECKPOINT
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL pages into the database file (PASSIVE: waits for nobody), on the
+        write connection. For the writer's thread; raises LedgerUnavailableError on failure."""
+        self._check_open()
+        with self._write_lock:
+            self._inline_commits = 0
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as error:
+                raise LedgerUnavailableError(f"SQLite ledger {self.path}: checkpoint failed: {error}") from error
 
     def records(self, since: datetime | date | None = None, until: datetime | date | None = None,
                 key_id: str | None = None) -> list[UsageRecord]:
@@ -325,7 +394,9 @@ class SQLiteLedger(Ledger):
         if self._closed:
             return
         self._closed = True
-        with self._write_lock, self._read_lock:
+        with self._write_lock, self._read_lock, self._inline_lock:
+            if self._inline is not None:
+                self._inline.close()
             self._reader.close()
             self._writer.close()
 

@@ -18,6 +18,14 @@ Records held in memory are lost if the process dies before the database returns;
 tries for `close_timeout_seconds` and then raises, counting what it gave up in `dropped_total`.
 A record the database refuses for good (never seen with checked records) is rejected alone:
 its `write()` raises LedgerRecordError and the rest of its batch is committed.
+
+A lone record skips the thread: when the writer is idle (nothing queued or being written), no
+other record went inline in this turn of the event loop and the recent writes found it idle too,
+a ledger that offers `write_inline()` (SQLite in WAL with synchronous=NORMAL: a commit is
+tens of microseconds) commits it on the event loop, which saves the two thread hand-offs that dominate a request at
+low concurrency. Anything that would wait -- the database locked, another writer, an error --
+makes `write_inline()` give up at once and the record takes the thread path above, so only the
+thread's attempts count as failures. Records arriving together still go in one group commit.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ from inferplane.gateway.ledger.base import (
 from inferplane.gateway.records import UsageRecord
 
 log = logging.getLogger("inferplane.ledger")
+
+# After a write() finds the writer busy, this many writes go through the thread (group commit)
+# before one may go inline again: keeps the inline path to truly quiet traffic.
+_THREAD_WRITES_AFTER_CONTENTION = 32
 
 
 @dataclass(slots=True)
@@ -89,6 +101,12 @@ class AsyncLedgerWriter:
         self._stopped_reason = "the ledger writer is closed"
         self._closing = False
         self._abandon = threading.Event()
+        # The inline path (see module doc); only SQLiteLedger has it.
+        self._write_inline: Callable[[list[UsageRecord]], int | None] | None = getattr(
+            ledger, "write_inline", None)
+        self._thread_writes_left = 0  # writes that take the thread after one found it busy
+        self._inline_this_turn = False  # a record went inline in this turn of the event loop
+        self._checkpoint_wanted = False  # inline commits grew the WAL: the thread checkpoints
         self._thread = threading.Thread(target=self._run, name="inferplane-ledger-writer", daemon=True)
         self._thread.start()
 
@@ -106,7 +124,6 @@ class AsyncLedgerWriter:
         """Return once `record` is committed; raise if that cannot be done in time (see module doc)."""
         check_record(record)  # a bad record fails here, alone, before it can join a batch
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         with self._condition:
             if self._closing:
                 self.dropped_total += 1
@@ -116,6 +133,24 @@ class AsyncLedgerWriter:
                 raise LedgerBacklogFullError(
                     f"{self.max_pending_records} usage records already wait for the ledger "
                     f"({self.last_error}); usage record {record.request_id} not kept")
+            if self._write_inline is not None:
+                if self._inline_this_turn or self._queue or self._in_hand:
+                    # Concurrent traffic: stay with group commit for a while, an inline commit
+                    # per quiet moment would cost more than it saves.
+                    self._thread_writes_left = _THREAD_WRITES_AFTER_CONTENTION
+                elif self._thread_writes_left:
+                    self._thread_writes_left -= 1
+                # Under the lock, so the thread cannot start a batch that this record would pass.
+                elif self._write_inline([record]) is not None:
+                    self.committed_total += 1
+                    self.commits_total += 1
+                    self._inline_this_turn = True  # a second record this turn: group commit
+                    loop.call_soon(self._end_inline_turn)
+                    if self.ledger.checkpoint_due:  # type: ignore[attr-defined]
+                        self._checkpoint_wanted = True
+                        self._condition.notify()
+                    return
+            future: asyncio.Future[None] = loop.create_future()
             self._queue.append(_Pending(record, future, loop))
             self._condition.notify()
         if self.commit_timeout_seconds is None:
@@ -128,6 +163,9 @@ class AsyncLedgerWriter:
             raise LedgerUnavailableError(
                 f"usage record {record.request_id} not committed within {self.commit_timeout_seconds} s "
                 f"({self.last_error}); it stays queued and is retried") from self.last_error
+
+    def _end_inline_turn(self) -> None:
+        self._inline_this_turn = False
 
     async def aclose(self) -> None:
         """Commit everything accepted, then stop the thread; raise if records had to be given up."""
@@ -169,11 +207,15 @@ class AsyncLedgerWriter:
         delay_seconds = self.retry_initial_seconds
         while True:
             with self._condition:
-                while not self._queue and not self._in_hand and not self._closing:
+                while (not self._queue and not self._in_hand and not self._closing
+                       and not self._checkpoint_wanted):
                     self._condition.wait()
-                if not self._queue and not self._in_hand:
+                checkpoint = self._checkpoint_wanted and not self._queue and not self._in_hand
+                if checkpoint:
+                    self._checkpoint_wanted = False
+                elif not self._queue and not self._in_hand:
                     return []  # closing and everything is committed
-                if self._abandon.is_set():
+                elif self._abandon.is_set():
                     leftovers = self._in_hand + list(self._queue)
                     self._in_hand = []
                     self._queue.clear()
@@ -181,6 +223,9 @@ class AsyncLedgerWriter:
                     return leftovers
                 while len(self._in_hand) < self.max_batch_records and self._queue:
                     self._in_hand.append(self._queue.popleft())
+            if checkpoint:  # only when idle: a checkpoint never delays a batch already waiting
+                self._checkpoint()
+                continue
             retry = self._commit(self._in_hand)
             with self._condition:
                 self._in_hand = retry
@@ -189,6 +234,13 @@ class AsyncLedgerWriter:
                 delay_seconds = min(delay_seconds * 2, self.retry_max_seconds)
             else:
                 delay_seconds = self.retry_initial_seconds
+
+    def _checkpoint(self) -> None:
+        # Not a commit: a failure loses nothing (the pages stay in the WAL), so it is only logged.
+        try:
+            self.ledger.checkpoint()  # type: ignore[attr-defined]
+        except Exception as error:  # noqa: BLE001
+            log.warning("ledger checkpoint failed (retried after more commits): %s", error)
 
     def _commit(self, batch: list[_Pending]) -> list[_Pending]:
         """Write `batch` in one transaction and settle it; return what must be retried."""
