@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
-from typing import Sequence
+from typing import Callable, Sequence
 
 from inferplane.gateway.records import UsageRecord
 
@@ -181,3 +181,11 @@ def check_record(record: UsageRecord) -> None:
         raise LedgerRecordError(f"usage record field 'streamed' must be a bool, got {record.streamed!r}")
     _check_millis("latency_ms", record.latency_ms)
     _check_millis("ttft_ms", record.ttft_ms, optional=True)
+
+
+def checked_rows(records: Sequence[UsageRecord], encode: Callable[[UsageRecord], tuple]) -> list[tuple]:
+    """Every record checked (a bad one refuses the whole batch before anything is written), then
+    encoded for a backend's INSERT."""
+    for record in records:
+        check_record(record)
+    return [encode(record) for record in records]

@@ -23,7 +23,7 @@ from inferplane.gateway.ledger.base import (
     LedgerUnavailableError,
     UsageSummaryRow,
     check_group_by,
-    check_record,
+    checked_rows,
     to_utc,
 )
 from inferplane.gateway.ledger.migrations import POSTGRES_MIGRATIONS, pending_migrations
@@ -181,9 +181,7 @@ class PostgresLedger(Ledger):
 
     def write(self, records: Sequence[UsageRecord]) -> int:
         self._check_open()
-        for record in records:
-            check_record(record)
-        rows = [_encode(record) for record in records]
+        rows = checked_rows(records, _encode)
         if not rows:
             return 0
         with self._write_lock:

@@ -32,7 +32,7 @@ from inferplane.gateway.ledger.base import (
     LedgerUnavailableError,
     UsageSummaryRow,
     check_group_by,
-    check_record,
+    checked_rows,
     iso_utc,
     to_utc,
 )
@@ -214,9 +214,7 @@ class SQLiteLedger(Ledger):
 
     def write(self, records: Sequence[UsageRecord]) -> int:
         self._check_open()
-        for record in records:
-            check_record(record)
-        rows = [_encode(record) for record in records]
+        rows = checked_rows(records, _encode)
         if not rows:
             return 0
         with self._write_lock:
@@ -246,9 +244,7 @@ class SQLiteLedger(Ledger):
         """
         if self._closed or self.synchronous != "NORMAL":
             return None
-        for record in records:
-            check_record(record)
-        rows = [_encode(record) for record in records]
+        rows = checked_rows(records, _encode)
         if not rows or not self._inline_lock.acquire(blocking=False):
             return None
         try:
