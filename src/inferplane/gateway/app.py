@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from inferplane.catalog import get_model
 from inferplane.gateway.access_log import AccessLog
 from inferplane.gateway.auth import authenticate, check_model_allowed
@@ -74,30 +76,47 @@ _ANONYMOUS = ApiKey(
     expires_at_epoch=None, allowed_models=frozenset())
 
 
-class _DisconnectWatcher:
-    """Runs GatewayApp.watch_disconnect as a task, from `delay_seconds` after creation on."""
+class _DisconnectWatchers:
+    """Runs GatewayApp.watch_disconnect for the requests that need it: streams at once, other
+    requests once they have lasted WATCH_DISCONNECT_AFTER_SECONDS. The delayed ones are started
+    by one sweep (every that many seconds, while any waits), not by a timer per request."""
 
-    __slots__ = ("args", "task", "timer")
+    __slots__ = ("_delayed", "_running", "_timer")
 
-    def __init__(self, app: "GatewayApp", ex: "Exchange", receive: Any,
-                 request_task: asyncio.Task | None, delay_seconds: float) -> None:
-        self.args = (ex, receive, request_task)
-        self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        if delay_seconds <= 0:
-            self.start()
-        else:
-            self.timer = asyncio.get_running_loop().call_later(delay_seconds, self.start)
+    def __init__(self) -> None:
+        # ex -> (monotonic start, receive, task to cancel); ex -> its running watcher task
+        self._delayed: dict[Exchange, tuple[float, Any, asyncio.Task | None]] = {}
+        self._running: dict[Exchange, asyncio.Task] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
-        self.timer = None
-        self.task = asyncio.ensure_future(GatewayApp.watch_disconnect(*self.args))
+    def watch(self, ex: "Exchange", receive: Any, task: asyncio.Task | None,
+              delayed: bool) -> None:
+        if not delayed:
+            self._start(ex, receive, task)
+            return
+        self._delayed[ex] = (ex.started, receive, task)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                WATCH_DISCONNECT_AFTER_SECONDS, self._sweep)
 
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.task is not None:
-            self.task.cancel()
+    def stop(self, ex: "Exchange") -> None:
+        if self._delayed.pop(ex, None) is None:
+            task = self._running.pop(ex, None)
+            if task is not None:
+                task.cancel()
+
+    def _start(self, ex: "Exchange", receive: Any, task: asyncio.Task | None) -> None:
+        self._running[ex] = asyncio.ensure_future(GatewayApp.watch_disconnect(ex, receive, task))
+
+    def _sweep(self) -> None:
+        due = time.perf_counter() - WATCH_DISCONNECT_AFTER_SECONDS
+        for ex, (started, receive, task) in list(self._delayed.items()):
+            if started <= due:
+                del self._delayed[ex]
+                self._start(ex, receive, task)
+        self._timer = (asyncio.get_running_loop().call_later(WATCH_DISCONNECT_AFTER_SECONDS,
+                                                             self._sweep)
+                       if self._delayed else None)
 
 
 class ClientGone(Exception):
@@ -115,9 +134,9 @@ def new_request_id(client_value: bytes | None) -> str:
     return "req_" + unique
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Exchange:
-    """State of one request as it moves through the pipeline."""
+    """State of one request as it moves through the pipeline (hashed by identity)."""
 
     request_id: str
     method: str
@@ -160,6 +179,7 @@ class GatewayApp:
         self.writer: Any = None
         self.shipper: Any = None  # LedgerShipper when a central ledger is configured
         self._tasks: list[asyncio.Task] = []
+        self._watchers = _DisconnectWatchers()
         self.access_log = AccessLog() if settings.access_log else None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -401,7 +421,7 @@ class GatewayApp:
         ex = Exchange(new_request_id(client_request_id), scope["method"], scope["path"],
                       time.perf_counter(), datetime.now(timezone.utc))
         forward.append(("x-request-id", ex.request_id))
-        self.metrics.in_flight.inc()
+        self.metrics.series.in_flight += 1
         try:
             ex.key = self._authenticate(authorization)
             if ex.path in BLOCKED_PATHS:
@@ -427,7 +447,7 @@ class GatewayApp:
             else:
                 await self._refuse(ex, error, send)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.series.in_flight -= 1
             self._finish(ex)
 
     def _authenticate(self, authorization: bytes | None) -> ApiKey:
@@ -466,7 +486,7 @@ class GatewayApp:
                                          "continuous_usage_stats": True}
             rewritten = True
         if rewritten:
-            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            body = orjson.dumps(payload)
         prompt_estimate = estimate_prompt_tokens(len(body))
         completion_cap = 0
         if ex.path in GENERATION_PATHS:
@@ -495,8 +515,7 @@ class GatewayApp:
         # closes its connection, which makes vLLM stop generating (as if the client were its own).
         # The watcher is a task of its own, started only once a request outlives a few
         # milliseconds: short answers (and every benchmark of the fast path) never pay for it.
-        watcher = _DisconnectWatcher(self, ex, receive, asyncio.current_task(),
-                                     0.0 if fields.stream else WATCH_DISCONNECT_AFTER_SECONDS)
+        self._watchers.watch(ex, receive, asyncio.current_task(), delayed=not fields.stream)
         try:
             response = await self.upstream.open("POST", path_qs, forward, body)
             try:
@@ -517,7 +536,7 @@ class GatewayApp:
             task.uncancel()
             await self._client_left(ex)
         finally:
-            watcher.cancel()
+            self._watchers.stop(ex)
 
     async def _get(self, ex: Exchange, scope: dict, send: Any,
                    forward: list[tuple[str, str]]) -> None:
@@ -712,7 +731,7 @@ class GatewayApp:
         started = time.perf_counter()
         try:
             await self.writer.write(record)
-            self.metrics.ledger_write_latency.observe(time.perf_counter() - started)
+            self.metrics.observe_ledger_write(time.perf_counter() - started)
         except LedgerUnavailableError as error:
             # Still queued and retried by the writer: deliver, but say so.
             self.metrics.ledger_write_failures.inc()

@@ -14,9 +14,10 @@ substring search. The `data: [DONE]` event is held back until the usage record i
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
+
+import orjson
 
 _USAGE = b'"usage":'
 _DONE = b"data: [DONE]"
@@ -88,7 +89,7 @@ def _parse_usage_at(data: bytes, key_at: int) -> Usage | None:
     if end < 0:
         return None
     try:
-        return usage_from_mapping(json.loads(data[start:end]))
+        return usage_from_mapping(orjson.loads(data[start:end]))
     except ValueError:
         return None
 

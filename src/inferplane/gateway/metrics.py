@@ -2,14 +2,24 @@
 
 Labels carry the public key id and the served model name only; a model name the gateway does not
 serve is counted as "unknown" so that bad input cannot blow up the label space.
+
+The series every request updates (requests, tokens, cost, latencies, in flight) are plain numbers
+updated on the event loop and exported at scrape time by a custom collector (metric_values.py):
+a request then costs a few dict updates instead of ten locked metric updates. Everything updated
+from other threads (the ledger writer, the shipper) stays a prometheus-client metric.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from inferplane.metric_values import Histogram as HistogramValues
 
 PREFIX = "inferplane_gateway"
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
@@ -17,6 +27,53 @@ LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 LEDGER_BUCKETS_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                           5, 10, 30)
 TTFT_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _RequestSeries(Collector):
+    """The per-request series, as plain numbers (event-loop thread only)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.cost: dict[tuple[str, str, str], float] = {}
+        self.latency: dict[str, HistogramValues] = {}
+        self.ttft: dict[str, HistogramValues] = {}
+        self.ledger_write_latency = HistogramValues(LEDGER_BUCKETS_SECONDS)
+        self.in_flight = 0
+
+    def collect(self) -> Iterator:
+        requests = CounterMetricFamily(f"{PREFIX}_requests", "Responses sent, by status",
+                                       labels=["model", "key_id", "status"])
+        for (model, key_id, status), value in self.requests.items():
+            requests.add_metric([model, key_id, str(status)], value)
+        yield requests
+        tokens = CounterMetricFamily(f"{PREFIX}_tokens", "Tokens metered",
+                                     labels=["model", "key_id", "direction"])
+        for labels, value in self.tokens.items():
+            tokens.add_metric(list(labels), value)
+        yield tokens
+        cost = CounterMetricFamily(f"{PREFIX}_cost", "Cost metered, in the configured currency",
+                                   labels=["model", "key_id", "currency"])
+        for labels, value in self.cost.items():
+            cost.add_metric(list(labels), value)
+        yield cost
+        for name, documentation, series in (
+                ("request_latency_seconds", "Time from request to the last byte sent",
+                 self.latency),
+                ("time_to_first_token_seconds", "Time from request to the first streamed chunk",
+                 self.ttft)):
+            family = HistogramMetricFamily(f"{PREFIX}_{name}", documentation, labels=["model"])
+            for model, values in series.items():
+                family.add_metric([model], values.cumulative(), values.sum)
+            yield family
+        ledger = HistogramMetricFamily(
+            f"{PREFIX}_ledger_write_latency_seconds",
+            "Time a response waited for its usage record to commit to the local ledger (spool)")
+        ledger.add_metric([], self.ledger_write_latency.cumulative(),
+                          self.ledger_write_latency.sum)
+        yield ledger
+        yield GaugeMetricFamily(f"{PREFIX}_requests_in_flight", "Requests being served",
+                                value=self.in_flight)
 
 
 class GatewayMetrics:
@@ -27,18 +84,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "Responses sent, by status",
-                                ["model", "key_id", "status"], registry=r)
-        self.tokens = Counter(f"{PREFIX}_tokens", "Tokens metered",
-                              ["model", "key_id", "direction"], registry=r)
-        self.cost = Counter(f"{PREFIX}_cost", "Cost metered, in the configured currency",
-                            ["model", "key_id", "currency"], registry=r)
-        self.latency = Histogram(f"{PREFIX}_request_latency_seconds",
-                                 "Time from request to the last byte sent", ["model"],
-                                 buckets=LATENCY_BUCKETS_SECONDS, registry=r)
-        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds",
-                              "Time from request to the first streamed chunk", ["model"],
-                              buckets=TTFT_BUCKETS_SECONDS, registry=r)
+        self.series = _RequestSeries()
+        r.register(self.series)
         self.auth_failures = Counter(f"{PREFIX}_auth_failures", "Requests refused with 401",
                                      ["reason"], registry=r)
         self.rejections = Counter(
@@ -55,10 +102,6 @@ class GatewayMetrics:
         self.ledger_commit_failures = Counter(f"{PREFIX}_ledger_commit_failures",
                                               "Failed ledger transactions (each retry counted)",
                                               registry=r)
-        self.ledger_write_latency = Histogram(
-            f"{PREFIX}_ledger_write_latency_seconds",
-            "Time a response waited for its usage record to commit to the local ledger (spool)",
-            buckets=LEDGER_BUCKETS_SECONDS, registry=r)
         # The spool -> central ledger path (gateway/shipper.py); zero without a central ledger.
         self.spool_records = Gauge(f"{PREFIX}_spool_records",
                                    "Usage records in the local spool not yet in the central ledger",
@@ -82,49 +125,43 @@ class GatewayMetrics:
         self.keys_loaded = Gauge(f"{PREFIX}_keys_loaded", "API keys currently loaded", registry=r)
         self.key_reload_failures = Counter(f"{PREFIX}_keys_reload_failures",
                                            "Keys file reloads that failed validation", registry=r)
-        self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Requests being served", registry=r)
         self.upstream_ready = Gauge(f"{PREFIX}_upstream_ready",
                                     "1 when vLLM's /health answered 200 at the last check",
                                     registry=r)
         self.budget_spent_ratio = Gauge(f"{PREFIX}_key_budget_spent_ratio",
                                         "Month-to-date cost over the key's monthly budget",
                                         ["key_id"], registry=r)
-        self._children: dict[tuple[str, str], tuple] = {}
-        self._request_children: dict[tuple[str, str, int], object] = {}
-        self._model_children: dict[str, tuple] = {}
 
     def observe_usage(self, model: str, key_id: str, prompt_tokens: int, completion_tokens: int,
                       cost: Decimal, currency: str) -> None:
-        children = self._children.get((model, key_id))
-        if children is None:
-            # Label lookups are the costly part of prometheus-client: resolve once per pair.
-            children = (self.tokens.labels(model, key_id, "input"),
-                        self.tokens.labels(model, key_id, "output"),
-                        self.cost.labels(model, key_id, currency))
-            self._children[(model, key_id)] = children
+        series = self.series
         if prompt_tokens:
-            children[0].inc(prompt_tokens)
+            key = (model, key_id, "input")
+            series.tokens[key] = series.tokens.get(key, 0) + prompt_tokens
         if completion_tokens:
-            children[1].inc(completion_tokens)
+            key = (model, key_id, "output")
+            series.tokens[key] = series.tokens.get(key, 0) + completion_tokens
         if cost:
-            children[2].inc(float(cost))
+            key = (model, key_id, currency)
+            series.cost[key] = series.cost.get(key, 0.0) + float(cost)
 
     def observe_request(self, model: str, key_id: str, status: int, latency_seconds: float | None,
                         ttft_seconds: float | None) -> None:
         """One finished request (latency and TTFT only for served models)."""
-        counter = self._request_children.get((model, key_id, status))
-        if counter is None:
-            counter = self.requests.labels(model, key_id, str(status))
-            self._request_children[(model, key_id, status)] = counter
-        counter.inc()
+        series = self.series
+        key = (model, key_id, status)
+        series.requests[key] = series.requests.get(key, 0) + 1
         if latency_seconds is not None:
-            histograms = self._model_children.get(model)
-            if histograms is None:
-                histograms = (self.latency.labels(model), self.ttft.labels(model))
-                self._model_children[model] = histograms
-            histograms[0].observe(latency_seconds)
+            histogram = series.latency.get(model)
+            if histogram is None:
+                histogram = series.latency[model] = HistogramValues(LATENCY_BUCKETS_SECONDS)
+                series.ttft[model] = HistogramValues(TTFT_BUCKETS_SECONDS)
+            histogram.observe(latency_seconds)
             if ttft_seconds is not None:
-                histograms[1].observe(ttft_seconds)
+                series.ttft[model].observe(ttft_seconds)
+
+    def observe_ledger_write(self, seconds: float) -> None:
+        self.series.ledger_write_latency.observe(seconds)
 
     def render(self, upstream_exposition: bytes = b"") -> bytes:
         """The gateway's series, then vLLM's (relayed: vLLM listens on the pod's loopback only,

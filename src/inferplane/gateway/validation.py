@@ -6,38 +6,33 @@ else is vLLM's to validate, and its 400s reach the client in the OpenAI shape.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from inferplane.gateway.errors import GatewayError, invalid_request
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One decoder for every request (json.loads with options would build a new one each time).
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 naming what is wrong (never the content itself)."""
+    """The body as a JSON object, or a 400 naming what is wrong (never the content itself).
+
+    orjson is strict where vLLM is: NaN, Infinity, numbers out of double range, invalid UTF-8
+    and lone surrogates are refused here. Integers beyond 64 bits become floats (no parameter
+    vLLM takes is that large; vLLM refuses the float as it would have refused the integer)."""
     if not body:
         raise invalid_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        payload = _DECODER.decode(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise invalid_request("The request body is not UTF-8 encoded JSON.",
-                              code="invalid_json") from None
-    except ValueError as error:
-        position = getattr(error, "pos", None)
-        where = f" (at character {position})" if position is not None else ""
-        raise invalid_request(f"The request body is not valid JSON{where}.",
-                              code="invalid_json") from None
-    except RecursionError:
-        raise invalid_request("The request body is nested too deeply.",
-                              code="invalid_json") from None
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        reason = str(error)
+        if "UTF-8" in reason:
+            message = "The request body is not UTF-8 encoded JSON."
+        elif reason.startswith("depth limit exceeded") or "recursion" in reason:
+            message = "The request body is nested too deeply."
+        else:
+            message = f"The request body is not valid JSON (at character {error.pos})."
+        raise invalid_request(message, code="invalid_json") from None
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     return payload

@@ -8,12 +8,13 @@ when the simulator is the fast upstream in a benchmark.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from inferplane.metric_values import Histogram
 
 FINISH_REASONS = ("stop", "length", "abort")
 # Bucket bounds as vLLM's PrometheusStatLogger defines them.
@@ -36,30 +37,6 @@ def one_two_five_buckets(maximum: int) -> tuple[int, ...]:
                 return tuple(bounds)
             bounds.append(value)
         exponent += 1
-
-
-class Histogram:
-    """Bucket counts of one labelled histogram; `observe` can record a value several times."""
-
-    __slots__ = ("bounds", "counts", "sum", "count")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect_left(self.bounds, value)] += times
-        self.sum += value * times
-        self.count += times
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
-        return buckets
 
 
 class ModelStats:

@@ -8,8 +8,9 @@ everything that queued during the previous one, so the ledger keeps up at high c
 When the database is unavailable (down, locked, disk full):
 - the records stay in memory, in order, and the thread retries with exponential backoff
   (`retry_initial_seconds` doubling up to `retry_max_seconds`) until they are committed;
-- each `write()` still waiting after `commit_timeout_seconds` raises LedgerUnavailableError,
-  but its record stays queued and is committed when the database is back;
+- each `write()` still waiting after `commit_timeout_seconds` raises LedgerUnavailableError
+  (checked by a watchdog once a second, not by a timer per write: the hot path pays nothing for
+  it), but its record stays queued and is committed when the database is back;
 - at most `max_pending_records` are held: beyond that `write()` raises LedgerBacklogFullError
   at once and that record is NOT kept (`dropped_total` counts it) -- the gateway should stop
   admitting requests it cannot meter (`backlog` / `backlog_full` tell it when);
@@ -31,7 +32,9 @@ thread's attempts count as failures. Records arriving together still go in one g
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -54,11 +57,16 @@ log = logging.getLogger("inferplane.ledger")
 _THREAD_WRITES_AFTER_CONTENTION = 32
 
 
+# How often waiting writes are checked against commit_timeout_seconds.
+_WATCHDOG_SECONDS = 1.0
+
+
 @dataclass(slots=True)
 class _Pending:
     record: UsageRecord
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    deadline: float  # loop.time() after which its write() gives up waiting (the record stays)
 
 
 def _resolve(futures: list[asyncio.Future[None]], make_error: Callable[[], BaseException] | None) -> None:
@@ -107,6 +115,8 @@ class AsyncLedgerWriter:
         self._thread_writes_left = 0  # writes that take the thread after one found it busy
         self._inline_this_turn = False  # a record went inline in this turn of the event loop
         self._checkpoint_wanted = False  # inline commits grew the WAL: the thread checkpoints
+        self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+        self._watch_interval = min(_WATCHDOG_SECONDS, commit_timeout_seconds or _WATCHDOG_SECONDS)
         self._thread = threading.Thread(target=self._run, name="inferplane-ledger-writer", daemon=True)
         self._thread.start()
 
@@ -151,18 +161,34 @@ class AsyncLedgerWriter:
                         self._condition.notify()
                     return
             future: asyncio.Future[None] = loop.create_future()
-            self._queue.append(_Pending(record, future, loop))
+            timeout = self.commit_timeout_seconds
+            self._queue.append(_Pending(record, future, loop,
+                                        loop.time() + timeout if timeout is not None else math.inf))
             self._condition.notify()
-        if self.commit_timeout_seconds is None:
-            await future
-            return
-        try:
-            async with asyncio.timeout(self.commit_timeout_seconds):
-                await future
-        except TimeoutError:
-            raise LedgerUnavailableError(
-                f"usage record {record.request_id} not committed within {self.commit_timeout_seconds} s "
-                f"({self.last_error}); it stays queued and is retried") from self.last_error
+        if timeout is not None and loop not in self._watchdogs:
+            self._watchdogs[loop] = loop.call_later(self._watch_interval, self._watch, loop)
+        await future
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the writes on `loop` that waited past the timeout; again in a second while any
+        write waits."""
+        now = loop.time()
+        waiting = False
+        with self._condition:
+            for pending in itertools.chain(self._in_hand, self._queue):
+                if pending.loop is not loop or pending.future.done():
+                    continue
+                if pending.deadline <= now:
+                    pending.future.set_exception(LedgerUnavailableError(
+                        f"usage record {pending.record.request_id} not committed within "
+                        f"{self.commit_timeout_seconds} s ({self.last_error}); it stays queued "
+                        "and is retried"))
+                else:
+                    waiting = True
+        if waiting:
+            self._watchdogs[loop] = loop.call_later(self._watch_interval, self._watch, loop)
+        else:
+            del self._watchdogs[loop]
 
     def _end_inline_turn(self) -> None:
         self._inline_this_turn = False
