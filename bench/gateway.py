@@ -1,19 +1,33 @@
 """Benchmark: the simulator directly vs through the gateway (auth + metering + ledger on).
 
-One run, one process tree, loopback only: the simulator and the gateway run as child processes,
-this process drives them with aiohttp on uvloop at concurrency 1, 16, 64 and 256, non-streamed
-and streamed, and prints requests/s, p50/p99 latency, the latency the gateway adds and its
-throughput as a ratio to direct. The upstream is "fixed fast" (no simulated GPU time), so every
-microsecond the gateway costs shows. Streamed requests generate 64 tokens each (ignore_eos), so
-the streamed rows also give SSE chunks forwarded per second.
+One run, one process tree, loopback only: the simulator, the gateway and a floor proxy run as
+child processes, this process drives them with aiohttp on uvloop at concurrency 1, 16, 64 and
+256, non-streamed and streamed, and prints requests/s, p50/p99 latency, the latency added and
+the throughput as a ratio to direct. The upstream is "fixed fast" (no simulated GPU time), so
+every microsecond the gateway costs shows. Streamed requests generate 64 tokens each
+(ignore_eos), so the streamed rows also give SSE chunks forwarded per second.
 
-    .venv/bin/python bench/gateway.py            # ~2-3 minutes
-    .venv/bin/python bench/gateway.py --quick    # a smaller run, for a quick look
+Targets: {floor, gateway} rows are the proxies:
+- floor: bench/floor_proxy.py, the same server and upstream client as the gateway with none of
+  its work (no auth, limits, metering, ledger). Its ratio is the most any gateway on this stack
+  can reach on this machine.
+- gateway: the real sidecar with auth, limits, the reasoning toggle, metering and its SQLite
+  ledger.
+
+Where the processes run:
+- default: everything shares the machine's cores, so the gateway's CPU is taken from the load
+  generator and the simulator, and a ratio to direct includes that contention;
+- --sidecar-core: the proxies are pinned to the last CPU, the load generator and the simulator
+  to the others, as in a pod where the sidecar has CPU of its own next to the model server:
+  the ratio then says whether the gateway keeps up with an upstream, not who wins the cores.
+
+    .venv/bin/python bench/gateway.py                  # ~3 minutes
+    .venv/bin/python bench/gateway.py --sidecar-core   # the same, proxies on a core of their own
+    .venv/bin/python bench/gateway.py --quick          # a smaller run, for a quick look
     .venv/bin/python bench/gateway.py --litellm-bin /path/to/venv/bin/litellm   # add LiteLLM
 
-Targets (docs/design): added p50 <= 0.5 ms (p99 < 2 ms) at concurrency 1; >= 80 % of direct
-throughput at 64; >= 20,000 SSE chunks/s. Note that the client, the gateway and the simulator
-share this machine's cores: a ratio measured here includes that contention.
+Targets (issue and design notes): added p50 <= 0.5 ms (p99 < 2 ms) at concurrency 1; >= 80 % of
+direct throughput at 64; >= 20,000 SSE chunks/s; <= 150 MiB resident after 256 streams.
 """
 
 from __future__ import annotations
@@ -24,12 +38,15 @@ import json
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 
@@ -114,6 +131,28 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` (threads started before this call keep their own mask) on `cpus`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+@contextmanager
+def floor_proxy(upstream_url: str) -> Iterator[tuple[str, int]]:
+    """bench/floor_proxy.py in front of `upstream_url`: (its URL, its pid)."""
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("floor_proxy.py")),
+                                upstream_url], stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the floor proxy did not start (said {line!r})")
+        yield line.split()[-1], process.pid
+    finally:
+        process.terminate()
+        process.wait(20)
+        process.stdout.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -159,32 +198,55 @@ class LiteLLM:
             self.process.kill()
 
 
-def row(mode: str, concurrency: int, target: str, result: Result, direct: Result | None,
-        cpu_us: float | None = None) -> str:
+def pooled(results: list[Result]) -> Result:
+    """Several rounds of one point as one result (rates over the summed time)."""
+    return Result(sum(r.requests for r in results), sum(r.seconds for r in results),
+                  [latency for r in results for latency in r.latencies],
+                  sum(r.chunks for r in results), sum(r.errors for r in results))
+
+
+def row(mode: str, concurrency: int, target: str, rounds: list[Result],
+        direct_rounds: list[Result] | None, cpu_us: float | None = None) -> str:
+    """One point: pooled rounds; the ratio is the median of the per-round ratios (each round
+    measures direct and the proxies back to back), with their range."""
+    result = pooled(rounds)
     p50, p99 = result.percentile(0.50), result.percentile(0.99)
-    added = ratio = ""
-    if direct is not None:
+    added = ratio = spread = ""
+    if direct_rounds is not None:
+        direct = pooled(direct_rounds)
         added = f"{p50 - direct.percentile(0.5):+7.2f} {p99 - direct.percentile(0.99):+7.2f}"
-        ratio = f"{result.rps / direct.rps:6.2f}"
+        ratios = sorted(r.rps / d.rps for r, d in zip(rounds, direct_rounds))
+        ratio = f"{statistics.median(ratios):6.2f}"
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
     chunks = f"{result.chunks / result.seconds:9.0f}" if result.chunks else ""
     errors = f"  errors={result.errors}" if result.errors else ""
     cpu = f"{cpu_us:8.0f}" if cpu_us is not None else ""
     return (f"{mode:<9} {concurrency:>4} {target:<8} {result.rps:>8.0f} {p50:>8.2f} {p99:>8.2f} "
-            f"{added:>15} {ratio:>6} {chunks:>9} {cpu:>8}{errors}")
+            f"{added:>15} {ratio:>6} {spread:>9} {chunks:>9} {cpu:>8}{errors}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per point")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per point, each measuring "
+                        "direct and every proxy back to back (default 3)")
     parser.add_argument("--litellm-bin", help="the `litellm` executable of a venv with "
                         "litellm[proxy], to add its proxy as a peer")
+    parser.add_argument("--sidecar-core", action="store_true",
+                        help="pin the proxies to the last CPU and the load generator and the "
+                        "simulator to the others")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.sidecar_core and len(cpus) < 2:
+        parser.error("--sidecar-core needs at least two CPUs")
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
     resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
     config = load(examples_dir() / "nemotron-ultra.yaml")
     simulator = SimulatorSettings.from_deployment(config, max_num_seqs=1024)
+    simulator_pids: list[int] = []
     with tempfile.TemporaryDirectory(prefix="inferplane-bench-") as workdir, \
-            simulator_subprocess(simulator) as simulator_url:
+            simulator_subprocess(simulator, on_start=lambda p: simulator_pids.append(p.pid)) \
+            as simulator_url, floor_proxy(simulator_url) as (floor_url, floor_pid):
         work = Path(workdir)
         settings = deployment_gateway_settings(work, simulator_url)
         model = settings.models[0].served_name
@@ -192,15 +254,27 @@ def main() -> None:
         key, _ = create_key(keys_file, tenant="bench")
         save_keys_file(settings.keys_file, keys_file)
         (work / "gateway.yaml").write_text(settings.to_yaml())
-        peers = {}
+        peers = {"floor": (floor_url, {}, floor_pid)}
         litellm = None
         if args.litellm_bin:
             litellm = LiteLLM(args.litellm_bin, simulator_url, model, work)
-            peers["litellm"] = (litellm.url, {"Authorization": "Bearer sk-bench"})
+            peers["litellm"] = (litellm.url, {"Authorization": "Bearer sk-bench"},
+                                litellm.process.pid)
         try:
             with gateway_process(work / "gateway.yaml", log_level="info",
                                  stderr=subprocess.DEVNULL) as gateway:
-                run(counts, simulator_url, gateway.url, key, model, peers, gateway.process.pid)
+                if args.sidecar_core:
+                    proxies, others = {cpus[-1]}, set(cpus[:-1])
+                    for pid in (gateway.process.pid, *(pid for *_, pid in peers.values())):
+                        pin(pid, proxies)
+                    for pid in (os.getpid(), *simulator_pids):
+                        pin(pid, others)
+                    print(f"proxies on CPU {cpus[-1]}; load generator and simulator on CPU "
+                          f"{', '.join(map(str, sorted(others)))}")
+                else:
+                    print(f"all processes share CPUs {', '.join(map(str, cpus))}")
+                run(counts, args.rounds, simulator_url, gateway.url, key, model, peers,
+                    gateway.process.pid)
                 print(f"gateway peak resident memory: {peak_rss_mib(gateway.process.pid):.0f} MiB "
                       "(after 256 concurrent streams)")
         finally:
@@ -208,8 +282,8 @@ def main() -> None:
                 litellm.close()
 
 
-def run(counts, simulator_url: str, gateway_url: str, key: str, model: str,
-        peers: dict[str, tuple[str, dict[str, str]]], gateway_pid: int) -> None:
+def run(counts, rounds: int, simulator_url: str, gateway_url: str, key: str, model: str,
+        peers: dict[str, tuple[str, dict[str, str], int]], gateway_pid: int) -> None:
     import uvloop
 
     question = {"role": "user", "content": "How do I measure a proxy's overhead?"}
@@ -220,38 +294,46 @@ def run(counts, simulator_url: str, gateway_url: str, key: str, model: str,
         "streamed": ({"max_tokens": STREAM_TOKENS, "ignore_eos": True, "stream": True}, True),
     }
     json_header = {"Content-Type": "application/json"}
+    pids = {"gateway": gateway_pid, **{name: pid for name, (*_, pid) in peers.items()}}
     targets = {
         "direct": (simulator_url, json_header, direct_body),
+        "floor": (peers["floor"][0], json_header, direct_body),
         "gateway": (gateway_url, {**json_header, "Authorization": f"Bearer {key}"},
                     gateway_body),
         **{name: (url, {**json_header, **headers}, direct_body)
-           for name, (url, headers) in peers.items()},
+           for name, (url, headers, _) in peers.items() if name != "floor"},
     }
     print(f"{'mode':<9} {'conc':>4} {'target':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'added p50/p99 ms':>15} {'ratio':>6} {'chunks/s':>9} {'gw CPU':>8}")
+          f"{'added p50/p99 ms':>15} {'ratio':>6} {'range':>9} {'chunks/s':>9} {'CPU us':>8}")
     started = time.monotonic()
     for mode, (extra, streamed) in modes.items():
         for concurrency in CONCURRENCIES:
             count = counts[concurrency][1 if streamed else 0]
-            direct = None
-            for target, (url, headers, body) in targets.items():
-                if target == "litellm" and (streamed or concurrency > 64):
-                    continue  # ~100 req/s: the large points would take minutes
-                payload = json.dumps({**body, **extra}).encode()
-                n = count if target != "litellm" else min(count, 300)
-                cpu_before = cpu_seconds(gateway_pid)
-                result = uvloop.run(drive(f"{url}/v1/chat/completions", headers, payload,
-                                          streamed, concurrency, n))
-                cpu_us = None
-                if target == "gateway":  # per request, warm-up included in the count
-                    handled = result.requests + max(concurrency, result.requests // 10)
-                    cpu_us = (cpu_seconds(gateway_pid) - cpu_before) / handled * 1e6
-                print(row(mode, concurrency, target, result, direct, cpu_us), flush=True)
-                if target == "direct":
-                    direct = result
+            measured: dict[str, list[Result]] = {}
+            cpu: dict[str, float] = {}
+            for _ in range(rounds):
+                for target, (url, headers, body) in targets.items():
+                    if target == "litellm" and (streamed or concurrency > 64):
+                        continue  # ~100 req/s: the large points would take minutes
+                    payload = json.dumps({**body, **extra}).encode()
+                    n = count if target != "litellm" else min(count, 300)
+                    pid = pids.get(target)
+                    cpu_before = cpu_seconds(pid) if pid else 0.0
+                    result = uvloop.run(drive(f"{url}/v1/chat/completions", headers, payload,
+                                              streamed, concurrency, n))
+                    measured.setdefault(target, []).append(result)
+                    if pid:  # the proxy's CPU per request, warm-up included in the count
+                        handled = result.requests + max(concurrency, result.requests // 10)
+                        cpu[target] = cpu.get(target, 0.0) + \
+                            (cpu_seconds(pid) - cpu_before) / handled * 1e6 / rounds
+            for target, results in measured.items():
+                direct = measured["direct"] if target != "direct" else None
+                print(row(mode, concurrency, target, results, direct, cpu.get(target)),
+                      flush=True)
     print(f"\n{time.monotonic() - started:.0f} s; added = gateway minus direct latency at the "
-          "same percentile; ratio = req/s relative to direct; gw CPU = the gateway process's "
-          "CPU microseconds per request.")
+          "same percentile, all rounds pooled; ratio = req/s relative to direct, the median of "
+          f"{rounds} rounds (range: lowest-highest); CPU us = the proxy process's CPU "
+          "microseconds per request (all its threads).")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -45,8 +45,11 @@ def running_simulator(settings: SimulatorSettings | None = None, host: str = "12
 
 @contextmanager
 def simulator_subprocess(settings: SimulatorSettings | None = None, host: str = "127.0.0.1",
-                         timeout_seconds: float = 30.0) -> Iterator[str]:
-    """Serve `settings` from `python -m inferplane.simulator` (its own GIL and event loop)."""
+                         timeout_seconds: float = 30.0,
+                         on_start: Callable[[subprocess.Popen], None] | None = None,
+                         ) -> Iterator[str]:
+    """Serve `settings` from `python -m inferplane.simulator` (its own GIL and event loop).
+    `on_start` gets the process (a benchmark pins it to a CPU)."""
     settings_json = (settings or SimulatorSettings()).model_dump_json()
     process = subprocess.Popen(
         [sys.executable, "-m", "inferplane.simulator", "--host", host, "--port", "0",
@@ -60,6 +63,8 @@ def simulator_subprocess(settings: SimulatorSettings | None = None, host: str = 
             raise RuntimeError(f"the simulator process did not start (said {line!r})")
         url = match.group(1)
         _wait_healthy(url, timeout_seconds)
+        if on_start is not None:
+            on_start(process)
         yield url
     finally:
         process.terminate()
