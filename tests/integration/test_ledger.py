@@ -489,6 +489,37 @@ async def test_a_lone_sqlite_record_commits_inline_and_falls_back_to_the_thread_
 
 
 @pytest.mark.anyio
+async def test_records_of_one_loop_turn_commit_together_on_the_loop(tmp_path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = open_ledger(f"sqlite:///{path}?busy_timeout_ms=20")
+    writer = AsyncLedgerWriter(ledger, retry_initial_seconds=0.01, retry_max_seconds=0.05)
+    threaded: list[int] = []
+    ledger_write = ledger.write
+    ledger.write = lambda records: threaded.append(len(records)) or ledger_write(records)
+    # 50 writes started in one turn: the first commits at once, the other 49 in one transaction
+    # at the start of the next turn, and the thread writes nothing.
+    await asyncio.gather(*(writer.write(make_record(f"turn-{i}", prompt_tokens=i + 1))
+                           for i in range(50)))
+    assert (writer.committed_total, writer.commits_total, writer.backlog) == (50, 2, 0)
+    assert threaded == []
+    # Locked: the batch gives up at once and the thread commits it once the lock is gone.
+    await asyncio.sleep(0)
+    blocker = _lock_sqlite(path)
+    tasks = [asyncio.create_task(writer.write(make_record(f"locked-{i}"))) for i in range(5)]
+    await _wait_until(lambda: writer.failures_total >= 1, "the thread to meet the lock")
+    assert not any(task.done() for task in tasks) and writer.backlog == 5
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    await asyncio.gather(*tasks)
+    assert sum(threaded) >= 5
+    await writer.aclose()
+    assert ledger.count() == 55
+    (total,) = ledger.summary(group_by=())
+    assert total.prompt_tokens == sum(range(1, 51)) + 5 * make_record("x").prompt_tokens
+    ledger.close()
+
+
+@pytest.mark.anyio
 async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, monkeypatch) -> None:
     from inferplane.gateway.ledger import sqlite as sqlite_ledger
 

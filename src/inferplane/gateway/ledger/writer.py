@@ -20,13 +20,19 @@ tries for `close_timeout_seconds` and then raises, counting what it gave up in `
 A record the database refuses for good (never seen with checked records) is rejected alone:
 its `write()` raises LedgerRecordError and the rest of its batch is committed.
 
-A lone record skips the thread: when the writer is idle (nothing queued or being written), no
-other record went inline in this turn of the event loop and the recent writes found it idle too,
-a ledger that offers `write_inline()` (SQLite in WAL with synchronous=NORMAL: a commit is
-tens of microseconds) commits it on the event loop, which saves the two thread hand-offs that dominate a request at
-low concurrency. Anything that would wait -- the database locked, another writer, an error --
-makes `write_inline()` give up at once and the record takes the thread path above, so only the
-thread's attempts count as failures. Records arriving together still go in one group commit.
+Commits on the event loop. With a ledger that offers `write_inline()` (SQLite in WAL with
+synchronous=NORMAL: a commit is some tens of microseconds and waits for no disk), records skip
+the thread while it has nothing queued or being retried:
+- the first record of a turn of the event loop is committed at once, so a lone request waits
+  for no hand-off at all;
+- the records that follow in the same turn are committed together, in one transaction at the
+  start of the next turn: group commit without the thread's two hand-offs per batch and its
+  contention for the GIL. Measured with the gateway driven in-process at concurrency 64
+  (upstream stubbed, best of 8 rounds): 54 us of CPU per request against 70 us through the
+  thread; 27 us without any ledger.
+Anything that would wait -- the database locked, another writer, an error -- makes
+`write_inline()` give up at once and the records take the thread path above, so only the
+thread's attempts count as failures; while the thread has work, every record joins it.
 """
 
 from __future__ import annotations
@@ -52,9 +58,6 @@ from inferplane.gateway.records import UsageRecord
 
 log = logging.getLogger("inferplane.ledger")
 
-# After a write() finds the writer busy, this many writes go through the thread (group commit)
-# before one may go inline again: keeps the inline path to truly quiet traffic.
-_THREAD_WRITES_AFTER_CONTENTION = 32
 
 
 # How often waiting writes are checked against commit_timeout_seconds.
@@ -112,8 +115,8 @@ class AsyncLedgerWriter:
         # The inline path (see module doc); only SQLiteLedger has it.
         self._write_inline: Callable[[list[UsageRecord]], int | None] | None = getattr(
             ledger, "write_inline", None)
-        self._thread_writes_left = 0  # writes that take the thread after one found it busy
         self._inline_this_turn = False  # a record went inline in this turn of the event loop
+        self._inline_batch: list[_Pending] = []  # for one commit at the start of the next turn
         self._checkpoint_wanted = False  # inline commits grew the WAL: the thread checkpoints
         self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self._watch_interval = min(_WATCHDOG_SECONDS, commit_timeout_seconds or _WATCHDOG_SECONDS)
@@ -123,7 +126,7 @@ class AsyncLedgerWriter:
     @property
     def backlog(self) -> int:
         """Records accepted and not yet committed (queued, being written, or awaiting retry)."""
-        return len(self._queue) + len(self._in_hand)
+        return len(self._queue) + len(self._in_hand) + len(self._inline_batch)
 
     @property
     def backlog_full(self) -> bool:
@@ -134,40 +137,66 @@ class AsyncLedgerWriter:
         """Return once `record` is committed; raise if that cannot be done in time (see module doc)."""
         check_record(record)  # a bad record fails here, alone, before it can join a batch
         loop = asyncio.get_running_loop()
-        with self._condition:
-            if self._closing:
-                self.dropped_total += 1
-                raise LedgerError(f"{self._stopped_reason}; usage record {record.request_id} not written")
-            if len(self._queue) + len(self._in_hand) >= self.max_pending_records:
-                self.dropped_total += 1
-                raise LedgerBacklogFullError(
-                    f"{self.max_pending_records} usage records already wait for the ledger "
-                    f"({self.last_error}); usage record {record.request_id} not kept")
-            if self._write_inline is not None:
-                if self._inline_this_turn or self._queue or self._in_hand:
-                    # Concurrent traffic: stay with group commit for a while, an inline commit
-                    # per quiet moment would cost more than it saves.
-                    self._thread_writes_left = _THREAD_WRITES_AFTER_CONTENTION
-                elif self._thread_writes_left:
-                    self._thread_writes_left -= 1
-                # Under the lock, so the thread cannot start a batch that this record would pass.
-                elif self._write_inline([record]) is not None:
-                    self.committed_total += 1
-                    self.commits_total += 1
-                    self._inline_this_turn = True  # a second record this turn: group commit
-                    loop.call_soon(self._end_inline_turn)
-                    if self.ledger.checkpoint_due:  # type: ignore[attr-defined]
-                        self._checkpoint_wanted = True
-                        self._condition.notify()
+        if self._closing:
+            self.dropped_total += 1
+            raise LedgerError(f"{self._stopped_reason}; usage record {record.request_id} not written")
+        if self.backlog >= self.max_pending_records:
+            self.dropped_total += 1
+            raise LedgerBacklogFullError(
+                f"{self.max_pending_records} usage records already wait for the ledger "
+                f"({self.last_error}); usage record {record.request_id} not kept")
+        if self._write_inline is not None and not self._queue and not self._in_hand:
+            if not self._inline_this_turn:
+                self._inline_this_turn = True  # the next records of this turn: one batch
+                loop.call_soon(self._end_inline_turn)
+                if self._write_inline([record]) is not None:
+                    self._committed(1)
                     return
-            future: asyncio.Future[None] = loop.create_future()
-            timeout = self.commit_timeout_seconds
-            self._queue.append(_Pending(record, future, loop,
-                                        loop.time() + timeout if timeout is not None else math.inf))
-            self._condition.notify()
-        if timeout is not None and loop not in self._watchdogs:
-            self._watchdogs[loop] = loop.call_later(self._watch_interval, self._watch, loop)
+            else:
+                future: asyncio.Future[None] = loop.create_future()
+                if not self._inline_batch:
+                    loop.call_soon(self._commit_inline_batch, loop)
+                self._inline_batch.append(_Pending(record, future, loop, math.inf))
+                await future
+                return
+        future = loop.create_future()
+        self._to_thread([_Pending(record, future, loop, math.inf)], loop)
         await future
+
+    def _committed(self, count: int) -> None:
+        """Count an inline commit; ask the thread for a checkpoint when one is due."""
+        with self._condition:
+            self.committed_total += count
+            self.commits_total += 1
+            if self.ledger.checkpoint_due:  # type: ignore[attr-defined]
+                self._checkpoint_wanted = True
+                self._condition.notify()
+
+    def _commit_inline_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._inline_batch = self._inline_batch, []
+        if not batch:
+            return
+        if not self._queue and not self._in_hand and not self._closing and \
+                self._write_inline([pending.record for pending in batch]) is not None:
+            self._committed(len(batch))
+            for pending in batch:
+                if not pending.future.done():  # done: its waiter was cancelled
+                    pending.future.set_result(None)
+        else:
+            self._to_thread(batch, loop)
+
+    def _to_thread(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        """Queue `batch` for the thread, with its commit deadline and the loop's watchdog."""
+        timeout = self.commit_timeout_seconds
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            for pending in batch:
+                pending.deadline = deadline
+            if loop not in self._watchdogs:
+                self._watchdogs[loop] = loop.call_later(self._watch_interval, self._watch, loop)
+        with self._condition:
+            self._queue.extend(batch)
+            self._condition.notify()
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the writes on `loop` that waited past the timeout; again in a second while any
@@ -195,6 +224,9 @@ class AsyncLedgerWriter:
 
     async def aclose(self) -> None:
         """Commit everything accepted, then stop the thread; raise if records had to be given up."""
+        if self._inline_batch:
+            self._to_thread(self._inline_batch, asyncio.get_running_loop())
+            self._inline_batch = []
         with self._condition:
             self._closing = True
             self._condition.notify_all()
@@ -286,8 +318,9 @@ class AsyncLedgerWriter:
             message = f"the ledger refused usage record {request_id}: {error}"
             self._settle(batch, lambda: LedgerRecordError(message))
             return []
-        self.committed_total += len(batch)
-        self.commits_total += 1
+        with self._condition:  # inline commits count on the event loop's thread
+            self.committed_total += len(batch)
+            self.commits_total += 1
         self._settle(batch, None)
         return []
 
