@@ -35,6 +35,7 @@ plan: setup
 bench: setup  ## benchmarks: ratios measured side by side in one run
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway.py --sidecar-core
 
 clean:
 	rm -rf $(VENV) rendered .pytest_cache

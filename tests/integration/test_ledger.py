@@ -537,6 +537,26 @@ async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, mo
 
 
 @pytest.mark.anyio
+async def test_the_wal_starts_over_under_steady_inline_commits(tmp_path, monkeypatch) -> None:
+    # Inline commits never stop under steady load; checkpoints must still complete and let the
+    # WAL start over, or its file grows with every record (seen in a soak: 2 GB in 3 minutes).
+    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+
+    monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 10)
+    ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
+    writer = AsyncLedgerWriter(ledger)
+    for turn in range(600):
+        await asyncio.gather(*(writer.write(make_record(f"steady-{turn}-{i}"))
+                               for i in range(10)))
+    await writer.aclose()
+    assert ledger.count() == 6000
+    # A few pages per commit, ~10 commits between checkpoints (more while the thread waits for
+    # the GIL): under 1 MB seen, against ~9 MB when the WAL never starts over.
+    assert (tmp_path / "ledger.db-wal").stat().st_size < 2_500_000
+    ledger.close()
+
+
+@pytest.mark.anyio
 async def test_backlog_is_bounded_and_overflow_is_refused_loudly(tmp_path) -> None:
     path = tmp_path / "ledger.db"
     ledger = open_ledger(f"sqlite:///{path}?busy_timeout_ms=20")

@@ -118,6 +118,10 @@ class AsyncLedgerWriter:
         self._inline_this_turn = False  # a record went inline in this turn of the event loop
         self._inline_batch: list[_Pending] = []  # for one commit at the start of the next turn
         self._checkpoint_wanted = False  # inline commits grew the WAL: the thread checkpoints
+        # The thread is checkpointing: records wait for it rather than commit inline, so that the
+        # checkpoint can finish and the next commit can start the WAL over (a checkpoint that
+        # always races a writer never completes, and the WAL file then grows without bound).
+        self._checkpointing = False
         self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self._watch_interval = min(_WATCHDOG_SECONDS, commit_timeout_seconds or _WATCHDOG_SECONDS)
         self._thread = threading.Thread(target=self._run, name="inferplane-ledger-writer", daemon=True)
@@ -145,7 +149,8 @@ class AsyncLedgerWriter:
             raise LedgerBacklogFullError(
                 f"{self.max_pending_records} usage records already wait for the ledger "
                 f"({self.last_error}); usage record {record.request_id} not kept")
-        if self._write_inline is not None and not self._queue and not self._in_hand:
+        if self._write_inline is not None and not self._queue and not self._in_hand \
+                and not self._checkpointing:
             if not self._inline_this_turn:
                 self._inline_this_turn = True  # the next records of this turn: one batch
                 loop.call_soon(self._end_inline_turn)
@@ -177,6 +182,7 @@ class AsyncLedgerWriter:
         if not batch:
             return
         if not self._queue and not self._in_hand and not self._closing and \
+                not self._checkpointing and \
                 self._write_inline([pending.record for pending in batch]) is not None:
             self._committed(len(batch))
             for pending in batch:
@@ -271,6 +277,7 @@ class AsyncLedgerWriter:
                 checkpoint = self._checkpoint_wanted and not self._queue and not self._in_hand
                 if checkpoint:
                     self._checkpoint_wanted = False
+                    self._checkpointing = True
                 elif not self._queue and not self._in_hand:
                     return []  # closing and everything is committed
                 elif self._abandon.is_set():
@@ -282,7 +289,11 @@ class AsyncLedgerWriter:
                 while len(self._in_hand) < self.max_batch_records and self._queue:
                     self._in_hand.append(self._queue.popleft())
             if checkpoint:  # only when idle: a checkpoint never delays a batch already waiting
-                self._checkpoint()
+                try:
+                    self._checkpoint()
+                finally:
+                    with self._condition:
+                        self._checkpointing = False
                 continue
             retry = self._commit(self._in_hand)
             with self._condition:
