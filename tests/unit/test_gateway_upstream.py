@@ -166,6 +166,38 @@ def test_timeouts_and_broken_bodies_raise(mode):
     run(main())
 
 
+def test_the_read_timeout_counts_silence_not_the_length_of_a_stream():
+    # Chunks every 0.1 s for about a second pass a 0.3 s timeout; a stall after them does not.
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            writer.write(b"6\r\ndata: \r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(5)  # stalls mid-body
+
+    _, start = serve(handler)
+
+    async def main():
+        server, url = await start()
+        client = UpstreamClient(url, 0.3)
+        try:
+            response = await client.request("POST", "/", [], b"{}")
+            received = b""
+            with pytest.raises(UpstreamTimeout):
+                while True:
+                    received += await response.readany()
+            assert received == b"data: " * 10  # all of it: the 1 s stream was not cut at 0.3 s
+            response.release()
+        finally:
+            client.close()
+            server.close()
+
+    run(main())
+
+
 def test_connection_refused_is_an_upstream_error():
     async def main():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
