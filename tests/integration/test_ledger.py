@@ -556,6 +556,23 @@ async def test_the_wal_starts_over_under_steady_inline_commits(tmp_path, monkeyp
     ledger.close()
 
 
+def test_a_checkpoint_with_a_reader_present_postpones_the_restart_and_loses_nothing(tmp_path) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
+    ledger.write([make_record(f"before-{i}") for i in range(50)])
+    reader = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM usage_records").fetchone() == (50,)  # a snapshot
+    ledger.checkpoint()  # cannot restart the WAL under the reader: gives up, raises nothing
+    ledger.write([make_record(f"after-{i}") for i in range(50)])
+    assert reader.execute("SELECT count(*) FROM usage_records").fetchone() == (50,)
+    reader.execute("COMMIT")
+    reader.close()
+    ledger.checkpoint()
+    ledger.write([make_record("restarted")])
+    assert ledger.count() == 101
+    ledger.close()
+
+
 @pytest.mark.anyio
 async def test_backlog_is_bounded_and_overflow_is_refused_loudly(tmp_path) -> None:
     path = tmp_path / "ledger.db"

@@ -61,6 +61,8 @@ _GROUP_EXPRESSIONS = {
 # size (1000 pages) at which SQLite would checkpoint by itself.
 INLINE_COMMITS_PER_CHECKPOINT = 500
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# How long a checkpoint waits for readers before leaving the WAL's restart to the next one.
+CHECKPOINT_WAIT_MS = 100
 
 # Errors that say "this data can never go in" rather than "the database is not writable now".
 _RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError,
@@ -282,15 +284,20 @@ class SQLiteLedger(Ledger):
         """Copy committed WAL pages into the database file and make the next commit start the
         WAL over, on the write connection. RESTART, not PASSIVE: a passive checkpoint between
         inline commits copied every frame, yet the WAL never started over and its file grew by
-        every record (2 GB in a 3-minute soak). RESTART waits for readers (up to the busy
-        timeout; a reader still there only delays the restart) and holds writers off meanwhile:
-        AsyncLedgerWriter queues records for its thread while it checkpoints. For the writer's
-        thread; raises LedgerUnavailableError on failure."""
+        every record (2 GB in a 3-minute soak). RESTART waits for readers and holds writers
+        off meanwhile (AsyncLedgerWriter queues records for its thread while it checkpoints), so
+        it waits at most CHECKPOINT_WAIT_MS: a long reader (a shipper batch, `inferplane usage`)
+        only postpones the restart to the next checkpoint. For the writer's thread; raises
+        LedgerUnavailableError on failure."""
         self._check_open()
         with self._write_lock:
             self._inline_commits = 0
             try:
-                self._writer.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                self._writer.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+                try:
+                    self._writer.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                finally:
+                    self._writer.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             except sqlite3.Error as error:
                 raise LedgerUnavailableError(f"SQLite ledger {self.path}: checkpoint failed: {error}") from error
 
