@@ -30,7 +30,8 @@ TTFT_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 
 
 class _RequestSeries(Collector):
-    """The per-request series, as plain numbers (event-loop thread only)."""
+    """The per-request series, as plain numbers: updated on the event loop's thread only (a
+    scrape from elsewhere iterates over copies, never over a dict being grown)."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -44,17 +45,17 @@ class _RequestSeries(Collector):
     def collect(self) -> Iterator:
         requests = CounterMetricFamily(f"{PREFIX}_requests", "Responses sent, by status",
                                        labels=["model", "key_id", "status"])
-        for (model, key_id, status), value in self.requests.items():
+        for (model, key_id, status), value in list(self.requests.items()):
             requests.add_metric([model, key_id, str(status)], value)
         yield requests
         tokens = CounterMetricFamily(f"{PREFIX}_tokens", "Tokens metered",
                                      labels=["model", "key_id", "direction"])
-        for labels, value in self.tokens.items():
+        for labels, value in list(self.tokens.items()):
             tokens.add_metric(list(labels), value)
         yield tokens
         cost = CounterMetricFamily(f"{PREFIX}_cost", "Cost metered, in the configured currency",
                                    labels=["model", "key_id", "currency"])
-        for labels, value in self.cost.items():
+        for labels, value in list(self.cost.items()):
             cost.add_metric(list(labels), value)
         yield cost
         for name, documentation, series in (
@@ -63,7 +64,7 @@ class _RequestSeries(Collector):
                 ("time_to_first_token_seconds", "Time from request to the first streamed chunk",
                  self.ttft)):
             family = HistogramMetricFamily(f"{PREFIX}_{name}", documentation, labels=["model"])
-            for model, values in series.items():
+            for model, values in list(series.items()):
                 family.add_metric([model], values.cumulative(), values.sum)
             yield family
         ledger = HistogramMetricFamily(

@@ -58,8 +58,6 @@ from inferplane.gateway.records import UsageRecord
 
 log = logging.getLogger("inferplane.ledger")
 
-
-
 # How often waiting writes are checked against commit_timeout_seconds.
 _WATCHDOG_SECONDS = 1.0
 
@@ -142,10 +140,10 @@ class AsyncLedgerWriter:
         check_record(record)  # a bad record fails here, alone, before it can join a batch
         loop = asyncio.get_running_loop()
         if self._closing:
-            self.dropped_total += 1
+            self._dropped(1)
             raise LedgerError(f"{self._stopped_reason}; usage record {record.request_id} not written")
         if self.backlog >= self.max_pending_records:
-            self.dropped_total += 1
+            self._dropped(1)
             raise LedgerBacklogFullError(
                 f"{self.max_pending_records} usage records already wait for the ledger "
                 f"({self.last_error}); usage record {record.request_id} not kept")
@@ -177,12 +175,23 @@ class AsyncLedgerWriter:
                 self._checkpoint_wanted = True
                 self._condition.notify()
 
+    def _dropped(self, count: int) -> None:
+        with self._condition:  # the thread counts drops too
+            self.dropped_total += count
+
     def _commit_inline_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._inline_batch = self._inline_batch, []
         if not batch:
             return
-        if not self._queue and not self._in_hand and not self._closing and \
-                not self._checkpointing and \
+        if self._closing:  # only when the thread failed: aclose() hands the batch over first
+            self._dropped(len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(LedgerError(
+                        f"{self._stopped_reason}; usage record {pending.record.request_id} "
+                        "not written"))
+            return
+        if not self._queue and not self._in_hand and not self._checkpointing and \
                 self._write_inline([pending.record for pending in batch]) is not None:
             self._committed(len(batch))
             for pending in batch:
