@@ -56,6 +56,7 @@ from inferplane.gateway.keys import KeysFile, create_key, save_keys_file
 from inferplane.gateway.testing import deployment_gateway_settings, gateway_process
 from inferplane.simulator import SimulatorSettings
 from inferplane.simulator.testing import simulator_subprocess
+from inferplane.sockets import wait_until_ok
 
 CONCURRENCIES = (1, 16, 64, 256)
 STREAM_TOKENS = 64
@@ -177,18 +178,10 @@ class LiteLLM:
             [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port),
              "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "LITELLM_LOG": "ERROR"})
-        import httpx
-
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health/liveliness", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.close()
-        raise RuntimeError("LiteLLM's proxy did not start")
+        if not wait_until_ok(f"{self.url}/health/liveliness", 180, interval_seconds=0.5,
+                             alive=lambda: self.process.poll() is None):
+            self.close()
+            raise RuntimeError("LiteLLM's proxy did not start")
 
     def close(self) -> None:
         self.process.terminate()

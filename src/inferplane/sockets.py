@@ -4,6 +4,8 @@ the first request (shared by the gateway, the simulator and test servers)."""
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 
 
 def bind_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
@@ -23,3 +25,21 @@ def socket_url(sock: socket.socket) -> str:
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def wait_until_ok(url: str, timeout_seconds: float, *, interval_seconds: float = 0.02,
+                  alive: Callable[[], bool] | None = None) -> bool:
+    """Poll `url` until it answers 200: True; False once `timeout_seconds` pass or `alive()`
+    (the serving process still running) turns false."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if (alive is not None and not alive()) or time.monotonic() > deadline:
+            return False
+        time.sleep(interval_seconds)

@@ -270,19 +270,15 @@ def _registry_problems(namespace: Any) -> list[str]:
     from vllm.tool_parsers import ToolParserManager
 
     problems = []
-    tool_parser = getattr(namespace, "tool_call_parser", None)
-    # A --tool-parser-plugin file may register more names; it is not here to import, so trust it.
-    if tool_parser and not getattr(namespace, "tool_parser_plugin", None):
-        known = ToolParserManager.list_registered()
-        if tool_parser not in known:
-            problems.append(f"--tool-call-parser {tool_parser!r} is not a tool parser of this "
-                            f"vLLM; registered: {', '.join(known)}")
-    reasoning_parser = getattr(namespace, "reasoning_parser", None)
-    if reasoning_parser and not getattr(namespace, "reasoning_parser_plugin", None):
-        known = ReasoningParserManager.list_registered()
-        if reasoning_parser not in known:
-            problems.append(f"--reasoning-parser {reasoning_parser!r} is not a reasoning parser "
-                            f"of this vLLM; registered: {', '.join(known)}")
+    for flag, kind, manager in (("tool_call_parser", "tool", ToolParserManager),
+                                ("reasoning_parser", "reasoning", ReasoningParserManager)):
+        name = getattr(namespace, flag, None)
+        # A --*-parser-plugin file may register more names; it is not here to import: trust it.
+        if name and not getattr(namespace, f"{kind}_parser_plugin", None):
+            known = manager.list_registered()
+            if name not in known:
+                problems.append(f"--{flag.replace('_', '-')} {name!r} is not a {kind} parser of "
+                                f"this vLLM; registered: {', '.join(known)}")
     kv_cache_dtype = getattr(namespace, "kv_cache_dtype", "auto")
     if kv_cache_dtype not in get_args(CacheDType):
         problems.append(f"--kv-cache-dtype {kv_cache_dtype!r} is not one of "

@@ -283,14 +283,19 @@ class LocalCluster:
         client = self._admin_client(server, pki.ca.cert, admin)
         self._wait(info, "kube-apiserver", f"{server}/readyz", deadline, client=client)
 
+        def secured(component: str, kubeconfig: Path) -> list[str]:
+            """The flags kube-controller-manager and kube-scheduler share: their kubeconfig for
+            everything, and a loopback-only TLS endpoint checking client certificates."""
+            return [binaries[component], f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1", f"--secure-port={ports[component]}",
+                    f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+                    f"--client-ca-file={pki.ca.cert}"]
+
         kcm_kubeconfig = component_kubeconfig("kube-controller-manager", controller_manager)
         self._spawn(info, "kube-controller-manager", [
-            binaries["kube-controller-manager"], f"--kubeconfig={kcm_kubeconfig}",
-            f"--authentication-kubeconfig={kcm_kubeconfig}",
-            f"--authorization-kubeconfig={kcm_kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-controller-manager']}",
-            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={pki.ca.cert}", f"--root-ca-file={pki.ca.cert}",
+            *secured("kube-controller-manager", kcm_kubeconfig), f"--root-ca-file={pki.ca.cert}",
             f"--service-account-private-key-file={service_account.key}",
             f"--cluster-signing-cert-file={pki.ca.cert}", f"--cluster-signing-key-file={pki.ca.key}",
             "--use-service-account-credentials=true", "--leader-elect=false",
@@ -298,13 +303,7 @@ class LocalCluster:
         ])
         scheduler_kubeconfig = component_kubeconfig("kube-scheduler", scheduler)
         self._spawn(info, "kube-scheduler", [
-            binaries["kube-scheduler"], f"--kubeconfig={scheduler_kubeconfig}",
-            f"--authentication-kubeconfig={scheduler_kubeconfig}",
-            f"--authorization-kubeconfig={scheduler_kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['kube-scheduler']}",
-            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
+            *secured("kube-scheduler", scheduler_kubeconfig), "--leader-elect=false", "--profiling=false", "--v=1",
         ])
         kwok_kubeconfig = component_kubeconfig("kwok", kwok_cert)
         kwok_config = self.state_dir / "kwok.yaml"

@@ -19,9 +19,10 @@ KEEP_ALIVE_SECONDS = 75
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def gateway_server(app: GatewayApp, *, log_level: str = "info",
+def gateway_server(app: GatewayApp | Callable, *, log_level: str = "info",
                    graceful_shutdown_seconds: float | None = None) -> uvicorn.Server:
-    """A uvicorn server for `app`. Its own access log is off: the gateway writes one line per
+    """A uvicorn server for `app` (the gateway, or any ASGI app served the same way, as
+    bench/floor_proxy.py does). Its own access log is off: the gateway writes one line per
     request without the query string or any header (see app.py)."""
     config = uvicorn.Config(
         app,

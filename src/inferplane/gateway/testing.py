@@ -21,6 +21,7 @@ from inferplane.gateway.keys import KeyEntry, KeysFile, create_key, load_keys_fi
 from inferplane.gateway.records import UsageRecord
 from inferplane.gateway.server import bind_socket, gateway_server, socket_url
 from inferplane.gateway.settings import GatewaySettings
+from inferplane.sockets import wait_until_ok
 
 _READY_LINE = re.compile(r"listening on (\S+)")
 
@@ -71,19 +72,10 @@ class GatewayProcess:
         self._wait_ready(timeout_seconds)
 
     def _wait_ready(self, timeout_seconds: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"the gateway at {self.url} did not become ready")
-            time.sleep(0.02)
+        if not wait_until_ok(f"{self.url}/readyz", timeout_seconds,
+                             alive=lambda: self.process.poll() is None):
+            self.kill()
+            raise RuntimeError(f"the gateway at {self.url} did not become ready")
 
     def kill(self) -> None:
         if self.process.poll() is None:

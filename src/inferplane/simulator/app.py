@@ -70,23 +70,21 @@ def create_app(settings: SimulatorSettings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(engine.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    async def chat_completions(request: Request):
+    async def generate(request: Request, chat: bool):
         try:
-            body = parse_request(ChatCompletionRequest, await _read_body(request))
-            generation = engine.plan_chat(body)
+            body = parse_request(ChatCompletionRequest if chat else CompletionRequest,
+                                 await _read_body(request))
+            generation = engine.plan_chat(body) if chat else engine.plan_completion(body)
         except ClientError as error:
             return error_response(error)
-        rid = request_id("chatcmpl", request.headers.get("x-request-id"))
-        return _respond(engine, generation, body, rid, chat=True, delayed=delayed, details=details)
+        rid = request_id("chatcmpl" if chat else "cmpl", request.headers.get("x-request-id"))
+        return _respond(engine, generation, body, rid, chat=chat, delayed=delayed, details=details)
+
+    async def chat_completions(request: Request):
+        return await generate(request, chat=True)
 
     async def completions(request: Request):
-        try:
-            body = parse_request(CompletionRequest, await _read_body(request))
-            generation = engine.plan_completion(body)
-        except ClientError as error:
-            return error_response(error)
-        rid = request_id("cmpl", request.headers.get("x-request-id"))
-        return _respond(engine, generation, body, rid, chat=False, delayed=delayed, details=details)
+        return await generate(request, chat=False)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)

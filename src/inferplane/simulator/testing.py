@@ -12,10 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import httpx
-
 from inferplane.simulator.server import bind_socket, socket_url, uvicorn_server
 from inferplane.simulator.settings import SimulatorSettings
+from inferplane.sockets import wait_until_ok
 
 _READY_LINE = re.compile(r"listening on (\S+)")
 
@@ -78,14 +77,6 @@ def simulator_subprocess(settings: SimulatorSettings | None = None, host: str = 
 
 
 def _wait_healthy(url: str, timeout_seconds: float) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the simulator at {url} did not become healthy")
-        time.sleep(0.02)
+    if not wait_until_ok(f"{url}/health", timeout_seconds):
+        raise RuntimeError(f"the simulator at {url} did not become healthy")
 

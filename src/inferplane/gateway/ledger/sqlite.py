@@ -7,8 +7,8 @@ the failure this sidecar must survive. What NORMAL gives up is the last few comm
 loss or kernel crash (the database stays consistent). Pass `?synchronous=full` in the URL to
 fsync every commit as well; with group commit that is one fsync per batch, not per request.
 
-`write_inline()` is AsyncLedgerWriter's fast path for a lone record: the same WAL commit on the
-caller's thread through a third connection that never waits for a lock (busy timeout 0) and
+`write_inline()` is AsyncLedgerWriter's path on the event loop (a lone record, or the records
+of one loop turn): the same WAL commit on the caller's thread through a third connection that never waits for a lock (busy timeout 0) and
 never checkpoints (a checkpoint writes and fsyncs pages: `checkpoint()` does it on the writer's
 thread instead, when `checkpoint_due`).
 """
@@ -199,6 +199,21 @@ class SQLiteLedger(Ledger):
             self._rollback(connection)
             raise
 
+    @classmethod
+    def _insert(cls, connection: sqlite3.Connection, rows: list[tuple]) -> int:
+        """One transaction of encoded rows on `connection`; how many were new. Rolled back and
+        re-raised on any sqlite3.Error."""
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            before = connection.total_changes
+            connection.executemany(_INSERT, rows)
+            inserted = connection.total_changes - before
+            connection.execute("COMMIT")
+            return inserted
+        except sqlite3.Error:
+            cls._rollback(connection)
+            raise
+
     @staticmethod
     def _rollback(connection: sqlite3.Connection) -> None:
         # A failed ROLLBACK (e.g. the disk went away) must not hide the error that caused it;
@@ -224,16 +239,9 @@ class SQLiteLedger(Ledger):
         if not rows:
             return 0
         with self._write_lock:
-            connection = self._writer
             try:
-                connection.execute("BEGIN IMMEDIATE")
-                before = connection.total_changes
-                connection.executemany(_INSERT, rows)
-                inserted = connection.total_changes - before
-                connection.execute("COMMIT")
-                return inserted
+                return self._insert(self._writer, rows)
             except sqlite3.Error as error:
-                self._rollback(connection)
                 if isinstance(error, _RECORD_ERRORS):
                     raise LedgerRecordError(f"SQLite ledger {self.path} refused a record: {error}") from error
                 # Locked, disk full, I/O error, read-only file: nothing was written; retry later.
@@ -247,10 +255,12 @@ class SQLiteLedger(Ledger):
         (an fsync per commit) or any error gives None at once, and the caller should hand the
         records to write() on another thread, which waits, retries and reports properly.
         Otherwise as durable as write() when it returns; returns how many were new.
+        The records must have passed `check_record` (AsyncLedgerWriter.write() checks each one
+        as it arrives): they are not checked again on this hot path.
         """
         if self._closed or self.synchronous != "NORMAL":
             return None
-        rows = checked_rows(records, _encode)
+        rows = [_encode(record) for record in records]
         if not rows or not self._inline_lock.acquire(blocking=False):
             return None
         try:
@@ -263,13 +273,8 @@ class SQLiteLedger(Ledger):
                     return None
                 self._inline = connection
             try:
-                connection.execute("BEGIN IMMEDIATE")
-                before = connection.total_changes
-                connection.executemany(_INSERT, rows)
-                inserted = connection.total_changes - before
-                connection.execute("COMMIT")
+                inserted = self._insert(connection, rows)
             except sqlite3.Error:
-                self._rollback(connection)
                 return None
             self._inline_commits += 1
             return inserted
