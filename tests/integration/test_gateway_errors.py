@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -109,10 +110,50 @@ def test_oversized_bodies_are_413_whatever_the_headers_say(plane, auth):
 
 def test_unknown_paths_and_methods(plane, auth):
     openai_error(httpx.get(f"{plane.url}/v2/anything"), 404, "not_found")
-    openai_error(httpx.delete(f"{plane.base_url}/models", headers=auth), 405,
-                 "method_not_allowed")
+    response = httpx.delete(f"{plane.base_url}/models", headers=auth)
+    openai_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET"
+    response = httpx.get(f"{plane.base_url}/chat/completions", headers=auth)
+    openai_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
     openai_error(httpx.post(f"{plane.base_url}/load_lora_adapter", headers=auth,
                             json={"lora_name": "x", "lora_path": "/tmp"}), 404, "not_found")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/chat/completions%3F",  # decodes to a path with "?" that vLLM would still serve
+    "/v1/completions%3Fecho=1",
+    "/v1/chat/completions%23",
+    "/v1/%E2%82%AC",  # not Latin-1: must not reach the upstream client's encoder
+    "/v1/chat/completions%0D%0AX-Smuggled:%201",  # CR/LF: must not reach the request line
+    "/v1/responses",  # served by vLLM, but not meterable (background mode, no continuous usage)
+    "/v1/embeddings",
+])
+def test_paths_the_gateway_does_not_meter_are_404_and_never_forwarded(plane, auth, path):
+    before = metric(plane, "inferplane_gateway_rejected_requests_total", reason="unserved_path")
+    body = {"model": plane.model, "messages": QUESTION, "stream": True, "max_tokens": 4}
+    for method in ("POST", "GET"):
+        response = httpx.request(method, plane.url + path, json=body, headers=auth, timeout=30)
+        error = openai_error(response, 404, "not_found")
+        assert "/v1/chat/completions, /v1/completions, /v1/models" in error["message"]
+    assert metric(plane, "inferplane_gateway_rejected_requests_total",
+                  reason="unserved_path") == before + 2
+    gotten = response.headers["x-request-id"]
+    assert not [r for r in plane.records() if r.request_id == gotten]  # GETs are not metered
+    posted = httpx.post(plane.url + path, json=body, headers=auth, timeout=30)
+    record = plane.record(posted.headers["x-request-id"])
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == (404, 0, 0)
+    assert not set(record.endpoint) & {"\r", "\n"}
+
+
+def test_an_encoded_slash_is_served_on_the_canonical_path_and_metered(plane, auth):
+    response = post(plane, auth, {"model": plane.model, "messages": QUESTION, "max_tokens": 3},
+                    path="/chat%2Fcompletions")
+    assert response.status_code == 200, response.text
+    record = plane.record(response.headers["x-request-id"])
+    assert record.endpoint == "/v1/chat/completions"
+    assert (record.prompt_tokens, record.completion_tokens) == \
+        (response.json()["usage"]["prompt_tokens"], 3)
 
 
 def test_health_and_readiness_need_no_key(plane):
@@ -266,7 +307,9 @@ header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126),
 @given(data=st.data())
 def test_fuzzed_requests_never_get_a_5xx(plane, auth, data):
     body = data.draw(request_bodies(plane.model))
-    path = data.draw(st.sampled_from(["/chat/completions", "/completions", "/embeddings"]))
+    path = data.draw(st.sampled_from(["/chat/completions", "/completions", "/embeddings"]) |
+                     st.tuples(st.sampled_from(["/chat/completions", "/completions", "/"]),
+                               st.text(max_size=12)).map(lambda p: p[0] + quote(p[1], safe="/")))
     headers = {"Content-Type": "application/json", **auth}
     if data.draw(st.booleans()):
         headers["X-Request-Id"] = data.draw(header_values)
@@ -277,6 +320,9 @@ def test_fuzzed_requests_never_get_a_5xx(plane, auth, data):
     if response.status_code >= 400:
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert response.headers["x-request-id"]
+    if response.status_code == 200:  # served only where metered
+        record = plane.record(response.headers["x-request-id"])
+        assert record.endpoint in ("/v1/chat/completions", "/v1/completions")
 
 
 def test_still_healthy_after_the_fuzzing(plane, auth):

@@ -1,6 +1,13 @@
 """The gateway ASGI app: wires auth, limits, the reasoning toggle, forwarding and metering.
 
-A request to /v1/* goes: authenticate -> read the body (bounded) -> check the fields the gateway
+The gateway serves only what it can meter: POST /v1/chat/completions and /v1/completions, and
+GET /v1/models. Any other path under /v1/ is 404 for everyone, whatever vLLM behind it serves:
+the Responses API, for one, runs generations that a later GET fetches (background mode) and
+streams without continuous usage, so forwarding it would give away unbilled tokens. The path is
+matched after percent-decoding and only the matched, canonical path is sent to vLLM, so an
+encoded `?`, CR/LF or non-ASCII byte can neither slip past metering nor into the request line.
+
+A request goes: authenticate -> read the body (bounded) -> check the fields the gateway
 uses -> rewrite (reasoning toggle, stream usage options) -> admit against the key's limits ->
 forward to vLLM -> meter the response -> commit its usage record -> finish the response ->
 settle the limits. /healthz, /readyz and /metrics need no key.
@@ -57,11 +64,10 @@ from inferplane.gateway.validation import (
 
 log = logging.getLogger("inferplane.gateway")
 
-# Endpoints whose streams the gateway meters with vLLM's stream_options (others pass unchanged).
-STREAM_METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-GENERATION_PATHS = STREAM_METERED_PATHS
-# vLLM's runtime LoRA admin endpoints: never reachable through the gateway.
-BLOCKED_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+# What the gateway forwards: path -> method. Both POST paths generate and are metered (streams
+# with vLLM's stream_options); everything else, vLLM's LoRA admin endpoints included, is 404.
+SERVED_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
+SERVED_LIST = ", ".join(SERVED_PATHS)
 BUDGET_REFRESH_SECONDS = 30.0
 WATCH_DISCONNECT_AFTER_SECONDS = 0.02
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
@@ -418,21 +424,28 @@ class GatewayApp:
                 content_length = value
             elif name in FORWARDED_REQUEST_HEADERS:
                 forward.append((name.decode(), value.decode("latin-1")))
-        ex = Exchange(new_request_id(client_request_id), scope["method"], scope["path"],
+        path = scope["path"]
+        served_method = SERVED_PATHS.get(path)
+        if served_method is None:  # never logged or recorded raw: it may hold CR/LF
+            path = shown(repr(path)[1:-1])
+        ex = Exchange(new_request_id(client_request_id), scope["method"], path,
                       time.perf_counter(), datetime.now(timezone.utc))
         forward.append(("x-request-id", ex.request_id))
         self.metrics.series.in_flight += 1
         try:
             ex.key = self._authenticate(authorization)
-            if ex.path in BLOCKED_PATHS:
-                raise GatewayError(404, "Not found.", code="not_found", reason="blocked_path")
+            if served_method is None:
+                raise GatewayError(404, f"Not found: this gateway serves {SERVED_LIST}.",
+                                   code="not_found", reason="unserved_path")
+            if ex.method != served_method:
+                raise GatewayError(405, f"Method {shown(ex.method)} is not allowed on {ex.path}; "
+                                   f"use {served_method}.", code="method_not_allowed",
+                                   reason="method_not_allowed", headers=[
+                                       (b"allow", served_method.encode())])
             if ex.method == "POST":
                 await self._post(ex, scope, receive, send, forward, content_length)
-            elif ex.method == "GET":
-                await self._get(ex, scope, send, forward)
             else:
-                raise GatewayError(405, f"Method {ex.method} is not allowed here.",
-                                   code="method_not_allowed", reason="method_not_allowed")
+                await self._get(ex, scope, send, forward)
         except GatewayError as error:
             await self._refuse(ex, error, send)
         except ClientGone:
@@ -479,8 +492,7 @@ class GatewayApp:
             if decision is not None:
                 rewritten = True
                 self._reasoning_headers(ex, decision)
-        streamed_metered = fields.stream and ex.path in STREAM_METERED_PATHS
-        if streamed_metered and not fields.continuous_usage:
+        if fields.stream and not fields.continuous_usage:
             options = payload.get("stream_options") or {}
             payload["stream_options"] = {**options, "include_usage": True,
                                          "continuous_usage_stats": True}
@@ -488,12 +500,10 @@ class GatewayApp:
         if rewritten:
             body = orjson.dumps(payload)
         prompt_estimate = estimate_prompt_tokens(len(body))
-        completion_cap = 0
-        if ex.path in GENERATION_PATHS:
-            cap = fields.max_tokens
-            if cap is None:
-                cap = max(0, self.max_model_len[route.served_name] - prompt_estimate)
-            completion_cap = cap * fields.choices
+        cap = fields.max_tokens
+        if cap is None:
+            cap = max(0, self.max_model_len[route.served_name] - prompt_estimate)
+        completion_cap = cap * fields.choices
         if self.writer.backlog_full:
             raise GatewayError(503, "Usage metering is backed up; retry shortly.",
                                type="server_error", code="metering_unavailable",
@@ -523,8 +533,8 @@ class GatewayApp:
                         response.content_type == "text/event-stream":
                     await self._relay_stream(
                         ex, response, send,
-                        keep_chunk_usage=fields.continuous_usage or not streamed_metered,
-                        keep_final_usage=fields.include_usage or not streamed_metered)
+                        keep_chunk_usage=fields.continuous_usage,
+                        keep_final_usage=fields.include_usage)
                 else:
                     await self._relay_body(ex, response, send)
             finally:
