@@ -155,8 +155,10 @@ def test_metrics_match_known_traffic_and_the_ledger(tmp_path):
         == sum(r.completion_tokens for r in records)
     assert values[(name + "cost_total", labels(model=model, key_id=key_id, currency="USD"))] == \
         pytest.approx(float(sum(r.cost for r in records)))
-    assert values[(name + "request_latency_seconds_count", labels(model=model))] == 4
-    assert values[(name + "time_to_first_token_seconds_count", labels(model=model))] == 1
+    assert values[(name + "request_latency_seconds_count", labels(model=model, key_id=key_id))] \
+        == 4
+    assert values[(name + "time_to_first_token_seconds_count",
+                   labels(model=model, key_id=key_id))] == 1
     assert values[(name + "key_budget_spent_ratio", labels(key_id=key_id))] == \
         pytest.approx(float(sum(r.cost for r in records)))  # budget 1
     assert values[(name + "upstream_ready", ())] == 1

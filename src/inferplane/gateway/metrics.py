@@ -1,7 +1,10 @@
 """Prometheus metrics of the gateway, in a registry of its own (no process-global state).
 
 Labels carry the public key id and the served model name only; a model name the gateway does not
-serve is counted as "unknown" so that bad input cannot blow up the label space.
+serve is counted as "unknown" so that bad input cannot blow up the label space. The latency and
+TTFT histograms are by model and key id too (a tenant's latency is what its SLO is about): 30
+buckets per key and model, so a thousand keys make some 30,000 series — aggregate with
+`sum by (le, model)` for the service as a whole.
 
 The series every request updates (requests, tokens, cost, latencies, in flight) are plain numbers
 updated on the event loop and exported at scrape time by a custom collector (metric_values.py):
@@ -37,8 +40,8 @@ class _RequestSeries(Collector):
         self.requests: dict[tuple[str, str, int], int] = {}
         self.tokens: dict[tuple[str, str, str], int] = {}
         self.cost: dict[tuple[str, str, str], float] = {}
-        self.latency: dict[str, HistogramValues] = {}
-        self.ttft: dict[str, HistogramValues] = {}
+        self.latency: dict[tuple[str, str], HistogramValues] = {}  # (model, key id) ->
+        self.ttft: dict[tuple[str, str], HistogramValues] = {}
         self.ledger_write_latency = HistogramValues(LEDGER_BUCKETS_SECONDS)
         self.in_flight = 0
 
@@ -63,9 +66,10 @@ class _RequestSeries(Collector):
                  self.latency),
                 ("time_to_first_token_seconds", "Time from request to the first streamed chunk",
                  self.ttft)):
-            family = HistogramMetricFamily(f"{PREFIX}_{name}", documentation, labels=["model"])
-            for model, values in list(series.items()):
-                family.add_metric([model], values.cumulative(), values.sum)
+            family = HistogramMetricFamily(f"{PREFIX}_{name}", documentation,
+                                           labels=["model", "key_id"])
+            for labels, values in list(series.items()):
+                family.add_metric(list(labels), values.cumulative(), values.sum)
             yield family
         ledger = HistogramMetricFamily(
             f"{PREFIX}_ledger_write_latency_seconds",
@@ -153,13 +157,14 @@ class GatewayMetrics:
         key = (model, key_id, status)
         series.requests[key] = series.requests.get(key, 0) + 1
         if latency_seconds is not None:
-            histogram = series.latency.get(model)
+            labels = (model, key_id)
+            histogram = series.latency.get(labels)
             if histogram is None:
-                histogram = series.latency[model] = HistogramValues(LATENCY_BUCKETS_SECONDS)
-                series.ttft[model] = HistogramValues(TTFT_BUCKETS_SECONDS)
+                histogram = series.latency[labels] = HistogramValues(LATENCY_BUCKETS_SECONDS)
+                series.ttft[labels] = HistogramValues(TTFT_BUCKETS_SECONDS)
             histogram.observe(latency_seconds)
             if ttft_seconds is not None:
-                series.ttft[model].observe(ttft_seconds)
+                series.ttft[labels].observe(ttft_seconds)
 
     def observe_ledger_write(self, seconds: float) -> None:
         self.series.ledger_write_latency.observe(seconds)
