@@ -120,3 +120,30 @@ def test_openai_style_null_usage_is_removed_and_not_taken_as_usage():
     out = meter.feed(chunk("a", None))
     assert b"usage" not in out
     assert meter.usage() is None
+
+
+@pytest.mark.parametrize("null", [b'"usage":null', b'"usage": null'])
+def test_a_null_usage_after_real_usage_keeps_the_real_one(null):
+    """A server writing `"usage": null` (with or without a space) on a later chunk must not make
+    the gateway forget what the stream had already generated."""
+    meter = StreamMeter(keep_chunk_usage=True, keep_final_usage=True)
+    meter.feed(chunk("a", usage_of(9, 1)) +
+               chunk("b", None).replace(b'"usage":null', null))
+    assert meter.usage() == Usage(9, 1, 0)
+
+
+@pytest.mark.parametrize("keep_chunk_usage, keep_final_usage", [
+    (False, False),  # the client asked for no usage
+    (False, True),  # include_usage only
+    (True, True),  # include_usage and continuous_usage_stats
+])
+def test_cached_tokens_of_the_final_usage_chunk_are_metered_whatever_the_client_asked(
+        keep_chunk_usage, keep_final_usage):
+    """vLLM reports prompt_tokens_details only in the final usage-only chunk (the continuous
+    usage of content chunks has none): it must be read even when that chunk is not forwarded."""
+    stream = b"".join([chunk("", usage_of(200, 0)), chunk("Hi", usage_of(200, 1)),
+                       chunk(None, usage_of(200, 1, cached=176), final=True),
+                       b"data: [DONE]\n\n"])
+    meter = StreamMeter(keep_chunk_usage=keep_chunk_usage, keep_final_usage=keep_final_usage)
+    feed_all(meter, stream, 7)
+    assert meter.usage() == Usage(200, 1, 176)

@@ -166,8 +166,9 @@ class StreamMeter:
         key_at = event.find(_USAGE)
         if key_at < 0:
             return event
-        if event[key_at + 8:key_at + 12] != b"null":
-            self._last_usage_event = event
+        value_at = key_at + len(_USAGE)
+        if not (event.startswith(b"null", value_at) or event.startswith(b" null", value_at)):
+            self._last_usage_event = event  # `"usage": null` must not hide the last real one
         if self.keep_chunk_usage:
             return event
         if _EMPTY_CHOICES_COMPACT in event or (b'"choices": ' in event
