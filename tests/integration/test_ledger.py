@@ -551,8 +551,9 @@ async def test_the_wal_starts_over_under_steady_inline_commits(tmp_path, monkeyp
     await writer.aclose()
     assert ledger.count() == 6000
     # A few pages per commit, ~10 commits between checkpoints (more while the thread waits for
-    # the GIL): under 1 MB seen, against ~9 MB when the WAL never starts over.
-    assert (tmp_path / "ledger.db-wal").stat().st_size < 2_500_000
+    # the GIL or a CPU): under 1 MB seen on an idle machine and up to 4.9 MB with both cores
+    # busy compiling, against 52 MB when the WAL never starts over (no checkpoints at all).
+    assert (tmp_path / "ledger.db-wal").stat().st_size < 12_000_000
     ledger.close()
 
 
