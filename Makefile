@@ -33,6 +33,7 @@ plan: setup
 	$(BIN)/inferplane plan -f examples/nemotron-ultra.yaml
 
 bench: setup  ## benchmarks: ratios measured side by side in one run
+	scripts/install-system-deps --bench
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/gateway.py --sidecar-core

@@ -21,13 +21,20 @@ Where the processes run:
   to the others, as in a pod where the sidecar has CPU of its own next to the model server:
   the ratio then says whether the gateway keeps up with an upstream, not who wins the cores.
 
+The load generator: aiohttp (Python) drives every point and counts SSE chunks, but it needs about
+as much CPU per request as the proxy it measures, so on two cores it caps every absolute rate.
+When wrk (a C load generator; `make bench` installs Debian's) is on PATH, the non-streamed points
+at concurrency 1, 64 and 256 are measured again with it, direct, floor and gateway interleaved
+the same way: those rows give the request rates the proxies themselves reach here (wrk reports
+percentiles per round, so their p50/p99 are the median over rounds).
+
     .venv/bin/python bench/gateway.py                  # ~3 minutes
     .venv/bin/python bench/gateway.py --sidecar-core   # the same, proxies on a core of their own
     .venv/bin/python bench/gateway.py --quick          # a smaller run, for a quick look
     .venv/bin/python bench/gateway.py --litellm-bin /path/to/venv/bin/litellm   # add LiteLLM
 
 Targets (issue and design notes): added p50 <= 0.5 ms (p99 < 2 ms) at concurrency 1; >= 80 % of
-direct throughput at 64; >= 20,000 SSE chunks/s; <= 150 MiB resident after 256 streams.
+direct throughput at 64, and >= 5,000 requests/s there (design notes: wrk rows); >= 20,000 SSE chunks/s; <= 150 MiB resident after 256 streams.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -63,6 +71,19 @@ STREAM_TOKENS = 64
 # (non-streamed, streamed) requests measured per concurrency; a warm-up precedes each.
 FULL_COUNTS = {1: (1500, 150), 16: (3000, 400), 64: (4000, 600), 256: (4000, 768)}
 QUICK_COUNTS = {1: (300, 40), 16: (800, 100), 64: (1000, 150), 256: (1024, 256)}
+WRK_CONCURRENCIES = (1, 64, 256)
+WRK_SECONDS, WRK_QUICK_SECONDS = 5, 2  # per target and round
+# wrk's script: POST the body; at the end, one JSON line (latencies in microseconds).
+_WRK_SCRIPT = """wrk.method = "POST"
+wrk.body = [==[{body}]==]
+{headers}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{{"requests": %d, "micros": %d, "p50": %d, "p99": %d, "errors": %d}}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
 OFF = "detailed thinking off"
 
 
@@ -116,6 +137,39 @@ async def drive(url: str, headers: dict[str, str], body: bytes, streamed: bool, 
         started = time.perf_counter()
         await workers
         return Result(len(latencies), time.perf_counter() - started, latencies, chunks, errors)
+
+
+@dataclass
+class WrkResult:
+    """One wrk run: wrk keeps a histogram, not the latencies, so only its percentiles."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def drive_wrk(url: str, headers: dict[str, str], body: bytes, concurrency: int, seconds: int,
+              workdir: Path) -> WrkResult:
+    """wrk, one thread, `concurrency` kept-alive connections, POSTing `body` for `seconds`."""
+    text = body.decode()
+    if "]==]" in text:
+        raise ValueError("the body would end the Lua string early")
+    script = workdir / "wrk.lua"
+    script.write_text(_WRK_SCRIPT.format(body=text, headers="\n".join(
+        f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}"
+        for name, value in headers.items())))
+    completed = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s",
+         str(script), url], capture_output=True, text=True, check=True)
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return WrkResult(report["requests"], report["micros"] / 1e6, report["p50"] / 1000.0,
+                     report["p99"] / 1000.0, report["errors"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -204,19 +258,48 @@ def row(mode: str, concurrency: int, target: str, rounds: list[Result],
     measures direct and the proxies back to back), with their range."""
     result = pooled(rounds)
     p50, p99 = result.percentile(0.50), result.percentile(0.99)
-    added = ratio = spread = ""
+    added = None
     if direct_rounds is not None:
         direct = pooled(direct_rounds)
-        added = f"{p50 - direct.percentile(0.5):+7.2f} {p99 - direct.percentile(0.99):+7.2f}"
-        ratios = sorted(r.rps / d.rps for r, d in zip(rounds, direct_rounds))
-        ratio = f"{statistics.median(ratios):6.2f}"
-        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
-    chunks = f"{result.chunks / result.seconds:9.0f}" if result.chunks else ""
-    errors = f"  errors={result.errors}" if result.errors else ""
-    cpu = f"{cpu_us:8.0f}" if cpu_us is not None else ""
-    return (f"{mode:<9} {concurrency:>4} {target:<8} {result.rps:>8.0f} {p50:>8.2f} {p99:>8.2f} "
-            f"{added:>15} {ratio:>6} {spread:>9} {chunks:>9} {cpu:>8}{errors}")
+        added = (p50 - direct.percentile(0.5), p99 - direct.percentile(0.99))
+    return formatted(mode, concurrency, target, result.rps, p50, p99, added,
+                     ratios(rounds, direct_rounds), result.chunks / result.seconds, cpu_us,
+                     result.errors)
 
+
+def wrk_row(concurrency: int, target: str, rounds: list[WrkResult],
+            direct_rounds: list[WrkResult] | None, cpu_us: float | None) -> str:
+    """A wrk point: rates pooled over the rounds, percentiles the median of the rounds'."""
+    rps = sum(r.requests for r in rounds) / sum(r.seconds for r in rounds)
+    p50 = statistics.median(r.p50_ms for r in rounds)
+    p99 = statistics.median(r.p99_ms for r in rounds)
+    added = None
+    if direct_rounds is not None:
+        added = (p50 - statistics.median(r.p50_ms for r in direct_rounds),
+                 p99 - statistics.median(r.p99_ms for r in direct_rounds))
+    return formatted("plain/wrk", concurrency, target, rps, p50, p99, added,
+                     ratios(rounds, direct_rounds), 0.0, cpu_us, sum(r.errors for r in rounds))
+
+
+def ratios(rounds: list, direct_rounds: list | None) -> list[float]:
+    """Per round: the target's req/s relative to direct's in the same round, sorted."""
+    if direct_rounds is None:
+        return []
+    return sorted(r.rps / d.rps for r, d in zip(rounds, direct_rounds))
+
+
+def formatted(mode: str, concurrency: int, target: str, rps: float, p50: float, p99: float,
+              added: tuple[float, float] | None, round_ratios: list[float],
+              chunks_per_second: float, cpu_us: float | None, errors: int) -> str:
+    added_text = f"{added[0]:+7.2f} {added[1]:+7.2f}" if added is not None else ""
+    ratio = f"{statistics.median(round_ratios):6.2f}" if round_ratios else ""
+    spread = (f"{round_ratios[0]:.2f}-{round_ratios[-1]:.2f}" if len(round_ratios) > 1
+              else "")
+    chunks = f"{chunks_per_second:9.0f}" if chunks_per_second else ""
+    cpu = f"{cpu_us:8.0f}" if cpu_us is not None else ""
+    error_text = f"  errors={errors}" if errors else ""
+    return (f"{mode:<9} {concurrency:>4} {target:<8} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} "
+            f"{added_text:>15} {ratio:>6} {spread:>9} {chunks:>9} {cpu:>8}{error_text}")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -268,6 +351,13 @@ def main() -> None:
                     print(f"all processes share CPUs {', '.join(map(str, cpus))}")
                 run(counts, args.rounds, simulator_url, gateway.url, key, model, peers,
                     gateway.process.pid)
+                if shutil.which("wrk"):
+                    run_wrk(WRK_QUICK_SECONDS if args.quick else WRK_SECONDS, args.rounds,
+                            simulator_url, gateway.url, key, model, peers, gateway.process.pid,
+                            work)
+                else:
+                    print("\nwrk is not installed, so no rows measured with a C load generator "
+                          "(`make bench` installs it; or: apt-get install wrk)")
                 print(f"gateway peak resident memory: {peak_rss_mib(gateway.process.pid):.0f} MiB "
                       "(after 256 concurrent streams)")
         finally:
@@ -275,13 +365,18 @@ def main() -> None:
                 litellm.close()
 
 
+def request_bodies(model: str) -> tuple[dict, dict]:
+    """(direct, gateway): the same request; the gateway's asks for reasoning off by parameter."""
+    question = {"role": "user", "content": "How do I measure a proxy's overhead?"}
+    return ({"model": model, "messages": [{"role": "system", "content": OFF}, question]},
+            {"model": model, "messages": [question], "reasoning_effort": "none"})
+
+
 def run(counts, rounds: int, simulator_url: str, gateway_url: str, key: str, model: str,
         peers: dict[str, tuple[str, dict[str, str], int]], gateway_pid: int) -> None:
     import uvloop
 
-    question = {"role": "user", "content": "How do I measure a proxy's overhead?"}
-    direct_body = {"model": model, "messages": [{"role": "system", "content": OFF}, question]}
-    gateway_body = {"model": model, "messages": [question], "reasoning_effort": "none"}
+    direct_body, gateway_body = request_bodies(model)
     modes = {
         "plain": ({"max_tokens": 16}, False),
         "streamed": ({"max_tokens": STREAM_TOKENS, "ignore_eos": True, "stream": True}, True),
@@ -327,6 +422,41 @@ def run(counts, rounds: int, simulator_url: str, gateway_url: str, key: str, mod
           "same percentile, all rounds pooled; ratio = req/s relative to direct, the median of "
           f"{rounds} rounds (range: lowest-highest); CPU us = the proxy process's CPU "
           "microseconds per request (all its threads).")
+
+
+def run_wrk(seconds: int, rounds: int, simulator_url: str, gateway_url: str, key: str,
+            model: str, peers: dict[str, tuple[str, dict[str, str], int]], gateway_pid: int,
+            workdir: Path) -> None:
+    """The non-streamed points again, driven by wrk: direct, floor and gateway per round."""
+    direct_body, gateway_body = request_bodies(model)
+    extra = {"max_tokens": 16}
+    json_header = {"Content-Type": "application/json"}
+    targets = {
+        "direct": (simulator_url, json_header, direct_body, None),
+        "floor": (peers["floor"][0], json_header, direct_body, peers["floor"][2]),
+        "gateway": (gateway_url, {**json_header, "Authorization": f"Bearer {key}"},
+                    gateway_body, gateway_pid),
+    }
+    print(f"\nplain, driven by wrk (one C thread; {seconds} s per target and round):")
+    started = time.monotonic()
+    for concurrency in WRK_CONCURRENCIES:
+        measured: dict[str, list[WrkResult]] = {}
+        cpu: dict[str, float] = {}
+        for _ in range(rounds):
+            for target, (url, headers, body, pid) in targets.items():
+                payload = json.dumps({**body, **extra}).encode()
+                cpu_before = cpu_seconds(pid) if pid else 0.0
+                result = drive_wrk(f"{url}/v1/chat/completions", headers, payload, concurrency,
+                                   seconds, workdir)
+                measured.setdefault(target, []).append(result)
+                if pid and result.requests:
+                    cpu[target] = cpu.get(target, 0.0) + \
+                        (cpu_seconds(pid) - cpu_before) / result.requests * 1e6 / rounds
+        for target, results in measured.items():
+            direct = measured["direct"] if target != "direct" else None
+            print(wrk_row(concurrency, target, results, direct, cpu.get(target)), flush=True)
+    print(f"\n{time.monotonic() - started:.0f} s; wrk rows: req/s pooled over the rounds, "
+          "p50/p99 the median of the rounds' (wrk's histogram), added and ratio as above.")
 
 
 if __name__ == "__main__":
