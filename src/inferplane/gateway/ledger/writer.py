@@ -116,9 +116,10 @@ class AsyncLedgerWriter:
         self._inline_this_turn = False  # a record went inline in this turn of the event loop
         self._inline_batch: list[_Pending] = []  # for one commit at the start of the next turn
         self._checkpoint_wanted = False  # inline commits grew the WAL: the thread checkpoints
-        # The thread is checkpointing: records wait for it rather than commit inline, so that the
-        # checkpoint can finish and the next commit can start the WAL over (a checkpoint that
-        # always races a writer never completes, and the WAL file then grows without bound).
+        # The thread is restarting the WAL (the short second half of a checkpoint): records wait
+        # for it rather than commit inline, so that the checkpoint can finish and the next commit
+        # can start the WAL over (a checkpoint that always races a writer never completes, and
+        # the WAL file then grows without bound).
         self._checkpointing = False
         self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self._watch_interval = min(_WATCHDOG_SECONDS, commit_timeout_seconds or _WATCHDOG_SECONDS)
@@ -286,7 +287,6 @@ class AsyncLedgerWriter:
                 checkpoint = self._checkpoint_wanted and not self._queue and not self._in_hand
                 if checkpoint:
                     self._checkpoint_wanted = False
-                    self._checkpointing = True
                 elif not self._queue and not self._in_hand:
                     return []  # closing and everything is committed
                 elif self._abandon.is_set():
@@ -298,11 +298,7 @@ class AsyncLedgerWriter:
                 while len(self._in_hand) < self.max_batch_records and self._queue:
                     self._in_hand.append(self._queue.popleft())
             if checkpoint:  # only when idle: a checkpoint never delays a batch already waiting
-                try:
-                    self._checkpoint()
-                finally:
-                    with self._condition:
-                        self._checkpointing = False
+                self._checkpoint()
                 continue
             retry = self._commit(self._in_hand)
             with self._condition:
@@ -314,11 +310,18 @@ class AsyncLedgerWriter:
                 delay_seconds = self.retry_initial_seconds
 
     def _checkpoint(self) -> None:
+        """Copy the WAL back while inline commits go on, then hold them off only to restart it."""
         # Not a commit: a failure loses nothing (the pages stay in the WAL), so it is only logged.
         try:
+            self.ledger.copy_back()  # type: ignore[attr-defined]
+            with self._condition:
+                self._checkpointing = True
             self.ledger.checkpoint()  # type: ignore[attr-defined]
         except Exception as error:  # noqa: BLE001
             log.warning("ledger checkpoint failed (retried after more commits): %s", error)
+        finally:
+            with self._condition:
+                self._checkpointing = False
 
     def _commit(self, batch: list[_Pending]) -> list[_Pending]:
         """Write `batch` in one transaction and settle it; return what must be retried."""
