@@ -58,13 +58,13 @@ _GROUP_EXPRESSIONS = {
     "output_price_per_million": "output_price_per_million",
 }
 # Inline commits, or records, between two checkpoints, whichever comes first. A lone record's
-# commit writes ~4-5 WAL pages, a group commit more (fewer per record): ~5,000 pages (20 MB)
-# between checkpoints, five times SQLite's own autocheckpoint size, for fewer fsyncs. Each
-# checkpoint slows the commits that run beside it: with wrk at concurrency 1 here, a
-# checkpoint every 200 commits gave the gateway a p99 of 2.5-2.8 ms, every 1,000 2.2-2.4 ms
-# (1.2-1.3 ms with no checkpoint at all; direct 0.5 ms).
+# commit writes ~4 WAL pages (16 KB); in the soak's group commits a record costs ~7 KB. Either
+# cap comes at ~16 MB of WAL (high-water 22 MB in bench/soak.py; with 10,000 records it passed
+# 64 MB when a reader postponed one restart). Each checkpoint slows the commits beside it:
+# with wrk at concurrency 1 here, a checkpoint every 200 commits gave the gateway a p99 of
+# 2.5-2.8 ms, every 1,000 2.2-2.4 ms (1.2-1.3 ms with none at all; direct 0.5 ms).
 INLINE_COMMITS_PER_CHECKPOINT = 1000
-INLINE_RECORDS_PER_CHECKPOINT = 10_000
+INLINE_RECORDS_PER_CHECKPOINT = 2_000
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # How long a checkpoint waits for readers before leaving the WAL's restart to the next one.
 CHECKPOINT_WAIT_MS = 100
