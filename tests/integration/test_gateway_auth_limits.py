@@ -122,6 +122,31 @@ def test_budget_is_429_insufficient_quota_and_survives_a_restart(tmp_path):
             ask(restarted, secret, max_tokens=16, reasoning_effort="none")
 
 
+def test_alone_on_sqlite_the_spend_settled_in_memory_is_the_ledgers_and_is_not_reread(tmp_path):
+    """A gateway alone on its SQLite ledger reads the month once, at startup, and then keeps it
+    by settling every committed cost: that sum must be exactly the ledger's, whatever the mix of
+    answers (whole, streamed, legacy completions, refused by vLLM or by the gateway)."""
+    with running_data_plane(tmp_path) as plane:
+        secret, entry = plane.add_key(budget=Decimal("100"))
+        client = plane.client(secret)
+        ask(plane, secret, max_tokens=7)
+        ask(plane, secret, max_tokens=5, reasoning_effort="none")
+        list(client.chat.completions.create(model=plane.model, messages=QUESTION, stream=True,
+                                            max_tokens=9))
+        client.completions.create(model=plane.model, prompt="Say something.", max_tokens=4)
+        with pytest.raises(openai.BadRequestError):  # vLLM's own 400: billed nothing
+            ask(plane, secret, max_tokens=200_000)  # over the context, within the budget
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model", messages=QUESTION)
+        month = datetime.now(timezone.utc).strftime("%Y-%m")
+        in_memory = plane.app.limiter.spent(entry.id, month)
+        tasks = [task.get_coro().__qualname__ for task in plane.app._tasks]
+    in_ledger = sum(r.cost for r in plane.records() if r.key_id == entry.id)
+    assert in_ledger > 0 and in_memory == in_ledger
+    assert "GatewayApp._refresh_spend_forever" not in tasks
+    assert "GatewayApp._watch_keys" in tasks  # the list is the app's background work
+
+
 def test_a_new_key_works_without_a_restart(plane):
     secret, _ = plane.add_key(reload=False)  # only the file changes; the watcher must see it
     deadline = time.monotonic() + 15
