@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inferplane.sockets import bind_socket, socket_url
+from inferplane.testing.asgi import serving
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -93,14 +90,5 @@ def create_app(repo: FakeRepo) -> Starlette:
 @contextlib.contextmanager
 def running_hub(repo: FakeRepo) -> Iterator[str]:
     """Serve `repo` on a free loopback port; yields the endpoint URL."""
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(repo), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield socket_url(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(repo), log_level="warning") as url:
+        yield url

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferplane.gateway.server import bind_socket, socket_url
 from inferplane.gateway.testing import running_data_plane
+from inferplane.testing.asgi import read_body, respond, serving
 
 QUESTION = [{"role": "user", "content": "Hi"}]
 MAX_BODY_BYTES = 64 * 1024
@@ -169,16 +167,9 @@ async def broken_vllm(scope, receive, send):
     if scope["type"] != "http":
         return
     if scope["path"] == "/health":
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        await respond(send, 200)
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    mode = json.loads(body).get("max_tokens")
+    mode = json.loads(await read_body(receive)).get("max_tokens")
     if mode == 1:  # a crash with a plain-text body
         await send({"type": "http.response.start", "status": 500,
                     "headers": [(b"content-type", b"text/plain")]})
@@ -202,20 +193,10 @@ async def broken_vllm(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def broken_plane(tmp_path_factory):
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(broken_vllm, lifespan="off", log_level="critical"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        with running_data_plane(tmp_path_factory.mktemp("broken"), upstream_url=socket_url(sock),
-                                upstream_timeout_seconds=0.5) as plane:
-            yield plane, {"Authorization": f"Bearer {plane.add_key()[0]}"}
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
+    with serving(broken_vllm) as upstream_url, running_data_plane(
+            tmp_path_factory.mktemp("broken"), upstream_url=upstream_url,
+            upstream_timeout_seconds=0.5) as plane:
+        yield plane, {"Authorization": f"Bearer {plane.add_key()[0]}"}
 
 
 def test_upstream_5xx_is_passed_through_in_openai_shape(broken_plane):

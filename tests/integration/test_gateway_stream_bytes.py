@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 
-from inferplane.gateway.server import bind_socket, socket_url
 from inferplane.gateway.testing import running_data_plane
+from inferplane.testing.asgi import read_body, respond, serving
 
 # Each content chunk split where its top-level "usage" member begins: (the chunk up to that
 # member, its usage object). Usage is continuous: the running count on every chunk.
@@ -68,16 +65,9 @@ class CannedVllm:
         if scope["type"] != "http":
             return
         if scope["method"] == "GET":  # /health: ready
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await respond(send, 200)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.stream_options.append(json.loads(body).get("stream_options"))
+        self.stream_options.append(json.loads(await read_body(receive)).get("stream_options"))
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         for part in canned_parts():
@@ -89,20 +79,9 @@ class CannedVllm:
 @pytest.fixture(scope="module")
 def canned_plane(tmp_path_factory):
     upstream = CannedVllm()
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(upstream, lifespan="off", log_level="critical"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        with running_data_plane(tmp_path_factory.mktemp("canned"),
-                                upstream_url=socket_url(sock)) as plane:
-            yield plane, upstream, plane.add_key()[0]
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
+    with serving(upstream) as upstream_url, running_data_plane(
+            tmp_path_factory.mktemp("canned"), upstream_url=upstream_url) as plane:
+        yield plane, upstream, plane.add_key()[0]
 
 
 def stream_raw(plane, secret: str, **fields) -> tuple[bytes, str]:

@@ -4,8 +4,6 @@ the reasoning defaults of keys and deployments, and one error metric per kind of
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -14,7 +12,6 @@ import httpx
 import openai
 import psycopg
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -24,6 +21,7 @@ from inferplane.gateway.server import bind_socket, socket_url
 from inferplane.gateway.settings import ModelRoute
 from inferplane.gateway.testing import deployment_gateway_settings, running_data_plane
 from inferplane.simulator import count_chat_prompt_tokens
+from inferplane.testing.asgi import read_body, respond, serving
 from inferplane.testing.postgres import postgres_server, postgres_url  # noqa: F401
 
 ON, OFF = "detailed thinking on", "detailed thinking off"
@@ -154,16 +152,9 @@ def recording_vllm(received: list[dict]):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"] != "/v1/chat/completions":  # /health, and /metrics with nothing in it
-            status = 200 if scope["path"] == "/health" else 404
-            await send({"type": "http.response.start", "status": status, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+            await respond(send, 200 if scope["path"] == "/health" else 404)
             return
         request = json.loads(body)
         received.append(request)
@@ -176,23 +167,6 @@ def recording_vllm(received: list[dict]):
         await send({"type": "http.response.body", "body": json.dumps(reply).encode()})
 
     return app
-
-
-@contextmanager
-def serving(asgi_app) -> Iterator[str]:
-    """`asgi_app` on a free loopback port in a thread; yields its root URL."""
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(asgi_app, lifespan="off", log_level="critical"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield socket_url(sock)
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 def catalog_route(catalog_key: str, served_name: str) -> ModelRoute:

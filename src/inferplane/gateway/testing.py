@@ -8,8 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +17,10 @@ from typing import Any
 from inferplane.gateway.app import GatewayApp
 from inferplane.gateway.keys import KeyEntry, KeysFile, create_key, load_keys_file, save_keys_file
 from inferplane.gateway.records import UsageRecord
-from inferplane.gateway.server import bind_socket, gateway_server, socket_url
+from inferplane.gateway.server import gateway_server
 from inferplane.gateway.settings import GatewaySettings
 from inferplane.sockets import wait_until_ok
+from inferplane.testing.asgi import serving_in_thread
 
 _READY_LINE = re.compile(r"listening on (\S+)")
 
@@ -30,25 +29,10 @@ _READY_LINE = re.compile(r"listening on (\S+)")
 def running_gateway(settings: GatewaySettings, host: str = "127.0.0.1",
                     timeout_seconds: float = 10.0) -> Iterator[tuple[str, GatewayApp]]:
     """Serve `settings` from a background thread; yields (root URL, the app) for inspection."""
-    sock = bind_socket(host, 0)
     app = GatewayApp(settings)
     server = gateway_server(app, log_level="warning", graceful_shutdown_seconds=5)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="inferplane-gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_seconds
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the gateway did not start; see the log above")
-        time.sleep(0.005)
-    try:
-        yield socket_url(sock), app
-    finally:
-        server.should_exit = True
-        thread.join(timeout_seconds)
-        sock.close()
+    with serving_in_thread(server, host, "inferplane-gateway", timeout_seconds) as url:
+        yield url, app
 
 
 class GatewayProcess:

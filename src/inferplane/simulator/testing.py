@@ -7,14 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from inferplane.simulator.server import bind_socket, socket_url, uvicorn_server
+from inferplane.simulator.server import uvicorn_server
 from inferplane.simulator.settings import SimulatorSettings
 from inferplane.sockets import wait_until_ok
+from inferplane.testing.asgi import serving_in_thread
 
 _READY_LINE = re.compile(r"listening on (\S+)")
 
@@ -23,23 +22,9 @@ _READY_LINE = re.compile(r"listening on (\S+)")
 def running_simulator(settings: SimulatorSettings | None = None, host: str = "127.0.0.1",
                       timeout_seconds: float = 10.0) -> Iterator[str]:
     """Serve `settings` from a background thread; yields e.g. "http://127.0.0.1:41234"."""
-    sock = bind_socket(host, 0)
-    server = uvicorn_server(settings or SimulatorSettings())
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="inferplane-simulator", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_seconds
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the simulator did not start; see the log above")
-        time.sleep(0.005)
-    try:
-        yield socket_url(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout_seconds)
-        sock.close()
+    with serving_in_thread(uvicorn_server(settings or SimulatorSettings()), host,
+                           "inferplane-simulator", timeout_seconds) as url:
+        yield url
 
 
 @contextmanager
