@@ -14,6 +14,8 @@ import pytest
 from inferplane.gateway.keys import load_keys_file, revoke_key, save_keys_file
 from inferplane.gateway.testing import running_data_plane
 
+from .openai_errors import assert_openai_error
+
 QUESTION = [{"role": "user", "content": "Hi"}]
 
 
@@ -26,16 +28,6 @@ def plane(tmp_path_factory):
 def ask(plane, secret, **kwargs):
     return plane.client(secret).chat.completions.create(
         model=kwargs.pop("model", plane.model), messages=QUESTION, **kwargs)
-
-
-def assert_openai_error(error: openai.APIStatusError, status: int, code: str) -> dict:
-    assert error.status_code == status
-    body = error.response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == code and body["error"]["message"]
-    assert error.response.headers["x-request-id"]
-    return body["error"]
 
 
 @pytest.mark.parametrize("secret", ["ip-not-a-real-key", "x" * 2000])

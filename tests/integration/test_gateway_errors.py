@@ -12,9 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inferplane.gateway.server import bind_socket, socket_url
 from inferplane.gateway.testing import running_data_plane
-from inferplane.testing.asgi import read_body, respond, serving
+from inferplane.testing.asgi import dead_loopback_url, read_body, respond, serving
 
 QUESTION = [{"role": "user", "content": "Hi"}]
 MAX_BODY_BYTES = 64 * 1024
@@ -233,10 +232,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_is_billed(broken_plan
 
 
 def test_upstream_down_is_502_and_not_ready(tmp_path):
-    sock = bind_socket("127.0.0.1", 0)
-    dead_url = socket_url(sock)
-    sock.close()  # nothing listens there any more
-    with running_data_plane(tmp_path, upstream_url=dead_url) as plane:
+    with running_data_plane(tmp_path, upstream_url=dead_loopback_url()) as plane:
         secret, _ = plane.add_key()
         response = post(plane, {"Authorization": f"Bearer {secret}"},
                         {"model": plane.model, "messages": QUESTION})

@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 
 from inferplane.catalog import ReasoningStyle, get_model
 from inferplane.cli import app as cli_app
-from inferplane.gateway.server import bind_socket, socket_url
 from inferplane.gateway.settings import ModelRoute
 from inferplane.gateway.testing import deployment_gateway_settings, running_data_plane
 from inferplane.simulator import count_chat_prompt_tokens
-from inferplane.testing.asgi import read_body, respond, serving
+from inferplane.testing.asgi import dead_loopback_url, read_body, respond, serving
 from inferplane.testing.postgres import postgres_server, postgres_url  # noqa: F401
+
+from .openai_errors import assert_openai_error
 
 ON, OFF = "detailed thinking on", "detailed thinking off"
 QUESTION = [{"role": "user", "content": "What does a gateway sidecar do, in short?"}]
@@ -237,14 +238,6 @@ def counts_exactly_one(plane, name: str, reason: str) -> Iterator[None]:
     assert changed == {(name, reason): 1.0}
 
 
-def assert_openai_error(error: openai.APIStatusError, status: int, code: str) -> None:
-    """The client parsed `{"error": {message, type, param, code}}` with the expected code."""
-    assert error.status_code == status
-    assert set(error.response.json()) == {"error"}
-    assert set(error.body) == {"message", "type", "param", "code"} and error.body["message"]
-    assert error.code == code
-
-
 def test_a_body_over_the_limit_is_413_and_counted_once(plane):
     secret, _ = plane.add_key()
     oversized = [{"role": "user", "content": "x" * MAX_BODY_BYTES}]
@@ -285,10 +278,7 @@ def test_a_wrong_key_is_401_counted_as_an_auth_failure_and_not_billed(plane):
 
 
 def test_an_unreachable_upstream_is_502_and_counted_once(tmp_path):
-    sock = bind_socket("127.0.0.1", 0)
-    dead_url = socket_url(sock)
-    sock.close()  # nothing listens there any more
-    with running_data_plane(tmp_path, upstream_url=dead_url) as plane:
+    with running_data_plane(tmp_path, upstream_url=dead_loopback_url()) as plane:
         secret, _ = plane.add_key()
         with counts_exactly_one(plane, "inferplane_gateway_upstream_errors_total",
                                 "upstream_unreachable"):

@@ -341,6 +341,12 @@ async def _wait_until(condition, what: str, limit_seconds: float = 30.0) -> None
     raise AssertionError(f"gave up waiting for {what}")
 
 
+def write_without_suspending(writer: AsyncLedgerWriter, request_id: str) -> None:
+    """`writer.write()` finished at its first step (an inline commit, no thread hop)."""
+    with pytest.raises(StopIteration):
+        writer.write(make_record(request_id)).send(None)
+
+
 @pytest.mark.anyio
 async def test_write_returns_only_after_the_commit(ledger: Ledger) -> None:
     gated = GatedLedger(ledger)
@@ -466,8 +472,7 @@ async def test_a_lone_sqlite_record_commits_inline_and_falls_back_to_the_thread_
                                retry_max_seconds=0.05)
     # Idle writer: write() finishes without ever suspending (no thread hop), and the record is
     # already committed: another connection sees it.
-    with pytest.raises(StopIteration):
-        writer.write(make_record("inline")).send(None)
+    write_without_suspending(writer, "inline")
     other = sqlite3.connect(path)
     assert other.execute("SELECT request_id FROM usage_records").fetchall() == [("inline",)]
     assert (writer.committed_total, writer.commits_total, writer.backlog) == (1, 1, 0)
@@ -527,8 +532,7 @@ async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, mo
     ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
     writer = AsyncLedgerWriter(ledger)
     for i in range(3):
-        with pytest.raises(StopIteration):  # inline: finished without suspending
-            writer.write(make_record(f"cp-{i}")).send(None)
+        write_without_suspending(writer, f"cp-{i}")
         await asyncio.sleep(0)
     await _wait_until(lambda: not ledger.checkpoint_due, "the thread to checkpoint")
     await writer.aclose()
@@ -581,12 +585,10 @@ async def test_records_commit_inline_while_the_wal_is_copied_back_and_wait_only_
     monkeypatch.setattr(ledger, "checkpoint", slow_restart)
     writer = AsyncLedgerWriter(ledger)
     for i in range(2):
-        with pytest.raises(StopIteration):
-            writer.write(make_record(f"before-{i}")).send(None)
+        write_without_suspending(writer, f"before-{i}")
         await asyncio.sleep(0)
     await _wait_until(copying.is_set, "the thread to start copying back")
-    with pytest.raises(StopIteration):  # committed inline, without waiting for the copy
-        writer.write(make_record("during-copy")).send(None)
+    write_without_suspending(writer, "during-copy")  # not waiting for the copy
     await asyncio.sleep(0)
     copy_may_end.set()
     await _wait_until(restarting.is_set, "the thread to start the restart")

@@ -209,7 +209,7 @@ class GatewayApp:
         if self.shipper is not None:
             await asyncio.to_thread(self.shipper.refresh_state)
             self.shipper.start()  # ships what a previous container left in the spool, at once
-        if self._others_spend(self.ledger):
+        if self._others_spend():
             self._tasks.append(asyncio.create_task(self._refresh_spend_forever()))
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_access_log_forever()))
@@ -273,7 +273,7 @@ class GatewayApp:
         finally:
             await asyncio.to_thread(self.shipper.close)
 
-    def _others_spend(self, ledger: Any) -> bool:
+    def _others_spend(self) -> bool:
         """Whether other gateways add to the spend this one reads: replicas shipping to a central
         ledger, or sharing a PostgreSQL one. Alone on its SQLite file, the gateway has read the
         month at startup and settles every cost it commits since, so re-reading is only cost:
@@ -282,7 +282,7 @@ class GatewayApp:
         meanwhile (transient WAL peaks of 80-115 MB in a 10-minute soak)."""
         from inferplane.gateway.ledger.sqlite import SQLiteLedger
 
-        return self.shipper is not None or not isinstance(ledger, SQLiteLedger)
+        return self.shipper is not None or not isinstance(self.ledger, SQLiteLedger)
 
     async def _watch_keys(self) -> None:
         assert self.keys is not None

@@ -47,6 +47,14 @@ def serving_in_thread(server: uvicorn.Server, host: str = "127.0.0.1", name: str
         sock.close()
 
 
+def dead_loopback_url() -> str:
+    """A loopback URL nothing listens on (a port just bound and closed): an upstream that is down."""
+    sock = bind_socket("127.0.0.1", 0)
+    url = socket_url(sock)
+    sock.close()
+    return url
+
+
 async def read_body(receive: Any) -> bytes:
     """The whole request body of an ASGI http request."""
     body = b""

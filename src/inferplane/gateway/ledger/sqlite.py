@@ -298,12 +298,7 @@ class SQLiteLedger(Ledger):
         here; holding them off for it put the whole copy into a response's latency: p99 at
         concurrency 1 went from 1.2 to 8 ms). `checkpoint()` then only has what came in since.
         For the writer's thread; raises LedgerUnavailableError on failure."""
-        self._check_open()
-        with self._write_lock:
-            try:
-                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as error:
-                raise LedgerUnavailableError(f"SQLite ledger {self.path}: checkpoint failed: {error}") from error
+        self._wal_checkpoint("PASSIVE", self._busy_timeout_ms)
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database file and make the next commit start the
@@ -314,13 +309,18 @@ class SQLiteLedger(Ledger):
         after `copy_back()` has done the copying), so it waits at most CHECKPOINT_WAIT_MS: a
         long reader (a shipper batch, `inferplane usage`) only postpones the restart to the next
         checkpoint. For the writer's thread; raises LedgerUnavailableError on failure."""
+        self._inline_commits = self._inline_records = 0
+        self._wal_checkpoint("RESTART", CHECKPOINT_WAIT_MS)
+
+    def _wal_checkpoint(self, mode: str, busy_timeout_ms: float) -> None:
+        """`PRAGMA wal_checkpoint(mode)` on the write connection, waiting at most
+        `busy_timeout_ms` for locks."""
         self._check_open()
         with self._write_lock:
-            self._inline_commits = self._inline_records = 0
             try:
-                self._writer.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+                self._writer.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
                 try:
-                    self._writer.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    self._writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
                 finally:
                     self._writer.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
             except sqlite3.Error as error:
