@@ -9,8 +9,7 @@ from typing import Optional
 
 import typer
 
-from inferplane import config as config_module
-from inferplane.config import ConfigError, DeploymentConfig
+from inferplane.config import DeploymentConfig, examples_dir, load_config
 
 app = typer.Typer(
     help="Private, EU-resident, OpenAI-compatible inference for very large open models.\n\n"
@@ -23,21 +22,6 @@ app = typer.Typer(
 ConfigOption = typer.Option(
     None, "--file", "-f", help="Deployment config (YAML). Default: the shipped Nemotron-Ultra example."
 )
-
-
-def examples_dir() -> Path:
-    """examples/ in a source checkout, or the copy packaged into the wheel."""
-    packaged = Path(__file__).parent / "_examples"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_config(path: Optional[Path]) -> DeploymentConfig:
-    """Load and validate, or exit 2 with every problem listed (field and fix)."""
-    try:
-        return config_module.load(path or examples_dir() / "nemotron-ultra.yaml")
-    except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -163,9 +147,9 @@ def weights_wait(
 from inferplane.cluster.cli import cluster_app  # noqa: E402
 from inferplane.dev import dev_command  # noqa: E402
 from inferplane.gateway.cli import gateway_command, keys_app  # noqa: E402
-from inferplane.invoice import invoice_command  # noqa: E402
+from inferplane.reports.invoice import invoice_command  # noqa: E402
 from inferplane.simulator.cli import simulator_command  # noqa: E402
-from inferplane.usage_report import usage_command  # noqa: E402
+from inferplane.reports.usage import usage_command  # noqa: E402
 from inferplane.vllm_check import check_vllm_args_command  # noqa: E402
 
 app.command("dev")(dev_command)

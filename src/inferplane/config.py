@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -210,7 +211,7 @@ class AutoscalingConfig(Section):
     """KEDA scaling on vLLM's queue; off by default (a cold start of a 253B model takes many minutes)."""
 
     enabled: bool = False
-    min_replicas: int = Field(1, ge=0, le=64, description="0 only with the ingress trigger (see README)")
+    min_replicas: int = Field(1, ge=0, le=64, description="0 only with the ingress trigger (see docs/operations.md)")
     max_replicas: int = Field(4, ge=1, le=64)
     waiting_requests_per_replica: int | None = Field(
         None, ge=1, description="queue depth that asks for another replica; default: 10% of the "
@@ -547,3 +548,21 @@ def load(path: str | Path) -> DeploymentConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError([("(yaml)", f"{where}{getattr(error, 'problem', error)}")], str(path)) from None
     return from_mapping(data, str(path))
+
+
+def examples_dir() -> Path:
+    """examples/ in a source checkout, or the copy packaged into the wheel."""
+    packaged = Path(__file__).parent / "_examples"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_config(path: str | Path | None) -> DeploymentConfig:
+    """Load and validate for a command: exit 2 with every problem listed (field and fix).
+
+    No path means the shipped Nemotron-Ultra example.
+    """
+    try:
+        return load(path or examples_dir() / "nemotron-ultra.yaml")
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None

@@ -48,7 +48,7 @@ def ensure_demo_key(state_dir: Path) -> tuple[str, str]:
 
 
 def ledger_url_for(state_dir: Path) -> str:
-    from inferplane.gateway.ledger import DEFAULT_DEV_LEDGER_URL
+    from inferplane.ledger import DEFAULT_DEV_LEDGER_URL
 
     if state_dir == DEFAULT_STATE_DIR:
         return DEFAULT_DEV_LEDGER_URL  # where `inferplane usage` looks by default
@@ -194,7 +194,7 @@ def dev_command(
 
     Example:  inferplane dev        (then use the printed base URL and key with any OpenAI client)
     """
-    from inferplane.cli import load_config
+    from inferplane.config import load_config
     from inferplane.gateway.server import bind_socket, configure_logging, socket_url
     from inferplane.gateway.settings import GatewaySettings
     from inferplane.simulator.settings import SimulatorSettings

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferplane.config import DeploymentConfig
+from inferplane.planning import waiting_requests_per_replica
 
 GATEWAY = "inferplane_gateway"
 # DCGM exporter's default counters (GPU operator): not exposed by anything we run, so listed here.
@@ -104,8 +105,6 @@ def dashboard(config: DeploymentConfig) -> dict[str, Any]:
 
 def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
     """PrometheusRule groups: model not ready, queue growing, errors, budgets, ledger, spool."""
-    from inferplane.render import waiting_requests_per_replica
-
     scope = f'namespace="{config.namespace}"'
     pods = f'{scope},pod=~"{config.name}-.*"'
     # A replica loading its weights is expected to be not ready for the whole startup budget.

@@ -144,3 +144,9 @@ def plan_table(rows: list[tuple[str, str]]) -> str:
     """Two aligned columns."""
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def waiting_requests_per_replica(config: DeploymentConfig) -> int:
+    """Queue depth per replica that asks for another: 10% of what a replica decodes at once."""
+    configured = config.autoscaling.waiting_requests_per_replica
+    return configured or max(1, -(-decode_concurrency(config, config.sizing()) // 10))

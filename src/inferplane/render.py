@@ -18,6 +18,7 @@ from inferplane import __version__
 from inferplane.config import DeploymentConfig
 from inferplane.gateway.settings import GatewaySettings
 from inferplane.observability import alert_rules, dashboard_json
+from inferplane.planning import waiting_requests_per_replica
 
 VLLM_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -190,14 +191,6 @@ def _job_pod_affinity(config: DeploymentConfig) -> dict[str, Any]:
     return {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
 
 
-def waiting_requests_per_replica(config: DeploymentConfig) -> int:
-    """Queue depth per replica that asks for another: 10% of what a replica decodes at once."""
-    from inferplane.planning import decode_concurrency
-
-    configured = config.autoscaling.waiting_requests_per_replica
-    return configured or max(1, -(-decode_concurrency(config, config.sizing()) // 10))
-
-
 def scaled_object_spec(config: DeploymentConfig) -> dict[str, Any]:
     """KEDA ScaledObject spec: vLLM's queue and KV-cache use, paced by how long a replica loads."""
     scaling = config.autoscaling
@@ -262,7 +255,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         ship_batch_records=ledger.ship_batch_records,
         ship_interval_seconds=ledger.ship_interval_seconds,
         # Shipping the spool is the last thing the gateway does; the grace period's SIGKILL
-        # bounds it, and whatever is left stays in the spool (see README, Billing-grade ledger).
+        # bounds it, and whatever is left stays in the spool (see docs/metering.md).
         ship_drain_seconds=float(grace),
     ).to_yaml()
     gateway_env = []

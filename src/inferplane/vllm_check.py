@@ -212,7 +212,7 @@ def check_vllm_args_command() -> Callable[..., None]:
 
         Example:  inferplane check-vllm-args -f examples/nemotron-ultra.yaml
         """
-        from inferplane.cli import load_config
+        from inferplane.config import load_config
         from inferplane.render import vllm_args
 
         config = None if prepare_only and file is None else load_config(file)

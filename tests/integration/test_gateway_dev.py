@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inferplane.gateway.ledger import open_ledger
+from inferplane.ledger import open_ledger
 
 INFERPLANE = [sys.executable, "-m", "inferplane.cli"]
 # The printed examples must work as a user's shell would run them: no proxy in between.

@@ -12,9 +12,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferplane.cli import examples_dir
+from inferplane.config import examples_dir
 from inferplane.config import load
-from inferplane.gateway.ledger import open_ledger
+from inferplane.ledger import open_ledger
 from inferplane.gateway.testing import (
     deployment_gateway_settings,
     gateway_process,

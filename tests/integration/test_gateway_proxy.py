@@ -9,7 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from inferplane.gateway.records import price
+from inferplane.ledger.records import price
 from inferplane.gateway.testing import running_data_plane
 from inferplane.simulator import count_chat_prompt_tokens, count_completion_prompt_tokens
 
@@ -205,7 +205,7 @@ def test_request_ids_are_unique_even_when_the_client_repeats_one(plane, key):
 
 
 def test_cached_prompt_tokens_are_recorded(tmp_path):
-    from inferplane.cli import examples_dir
+    from inferplane.config import examples_dir
     from inferplane.config import load
     from inferplane.simulator import SimulatorSettings
 

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inferplane.cli import app
-from inferplane.gateway.ledger import open_ledger
-from inferplane.gateway.records import UsageRecord, price
+from inferplane.ledger import open_ledger
+from inferplane.ledger.records import UsageRecord, price
 from inferplane.testing.postgres import postgres_server, postgres_url  # noqa: F401
 
 UTC = timezone.utc

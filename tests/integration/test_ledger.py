@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pytest
 
-from inferplane.gateway.ledger import (
+from inferplane.ledger import (
     SCHEMA_VERSION,
     AsyncLedgerWriter,
     Ledger,
@@ -32,7 +32,7 @@ from inferplane.gateway.ledger import (
     LedgerUnavailableError,
     open_ledger,
 )
-from inferplane.gateway.records import UsageRecord, price
+from inferplane.ledger.records import UsageRecord, price
 from inferplane.testing.postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401
 
 INPUT_PRICE = Decimal("0.60")
@@ -526,7 +526,7 @@ async def test_records_of_one_loop_turn_commit_together_on_the_loop(tmp_path) ->
 
 @pytest.mark.anyio
 async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, monkeypatch) -> None:
-    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+    from inferplane.ledger import sqlite as sqlite_ledger
 
     monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 3)
     ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
@@ -541,7 +541,7 @@ async def test_inline_commits_are_checkpointed_by_the_writer_thread(tmp_path, mo
 
 
 def test_a_checkpoint_is_due_after_so_many_commits_or_so_many_records(tmp_path, monkeypatch) -> None:
-    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+    from inferplane.ledger import sqlite as sqlite_ledger
 
     monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 3)
     monkeypatch.setattr(sqlite_ledger, "INLINE_RECORDS_PER_CHECKPOINT", 10)
@@ -563,7 +563,7 @@ async def test_records_commit_inline_while_the_wal_is_copied_back_and_wait_only_
         tmp_path, monkeypatch) -> None:
     # The copy is the long half of a checkpoint (page copies and fsyncs): records that waited
     # for it put all of it into their responses' latency (p99 at concurrency 1: 8 ms).
-    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+    from inferplane.ledger import sqlite as sqlite_ledger
 
     monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 2)
     ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
@@ -606,7 +606,7 @@ async def test_records_commit_inline_while_the_wal_is_copied_back_and_wait_only_
 async def test_the_wal_starts_over_under_steady_inline_commits(tmp_path, monkeypatch) -> None:
     # Inline commits never stop under steady load; checkpoints must still complete and let the
     # WAL start over, or its file grows with every record (seen in a soak: 2 GB in 3 minutes).
-    from inferplane.gateway.ledger import sqlite as sqlite_ledger
+    from inferplane.ledger import sqlite as sqlite_ledger
 
     monkeypatch.setattr(sqlite_ledger, "INLINE_COMMITS_PER_CHECKPOINT", 10)
     ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db")
@@ -618,8 +618,9 @@ async def test_the_wal_starts_over_under_steady_inline_commits(tmp_path, monkeyp
     assert ledger.count() == 6000
     # A few pages per commit, ~10 commits between checkpoints (more while the thread waits for
     # the GIL or a CPU): under 1 MB seen on an idle machine and up to 4.9 MB with both cores
-    # busy compiling, against 52 MB when the WAL never starts over (no checkpoints at all).
-    assert (tmp_path / "ledger.db-wal").stat().st_size < 12_000_000
+    # busy compiling, 12 MB with several builds and test suites sharing 2 cores, against 52 MB
+    # when the WAL never starts over (no checkpoints at all).
+    assert (tmp_path / "ledger.db-wal").stat().st_size < 30_000_000
     ledger.close()
 
 
@@ -720,8 +721,8 @@ WRITER_SCRIPT = r"""
 import asyncio, sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from inferplane.gateway.ledger import AsyncLedgerWriter, open_ledger
-from inferplane.gateway.records import UsageRecord, price
+from inferplane.ledger import AsyncLedgerWriter, open_ledger
+from inferplane.ledger.records import UsageRecord, price
 
 url, count = sys.argv[1], int(sys.argv[2])
 start = datetime(2026, 11, 2, tzinfo=timezone.utc)

@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferplane.gateway.keys import KeysFile, create_key, save_keys_file
-from inferplane.gateway.ledger import open_ledger
-from inferplane.gateway.ledger.sqlite import SQLiteLedger
+from inferplane.ledger import open_ledger
+from inferplane.ledger.sqlite import SQLiteLedger
 from inferplane.gateway.testing import (
     GatewayProcess,
     deployment_gateway_settings,

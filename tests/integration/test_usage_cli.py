@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from inferplane.cli import app
-from inferplane.gateway.ledger import DEFAULT_DEV_LEDGER_PATH, DEFAULT_DEV_LEDGER_URL, open_ledger
-from inferplane.gateway.records import UsageRecord, price
+from inferplane.ledger import DEFAULT_DEV_LEDGER_PATH, DEFAULT_DEV_LEDGER_URL, open_ledger
+from inferplane.ledger.records import UsageRecord, price
 from inferplane.testing.postgres import postgres_server, postgres_url  # noqa: F401
 
 PRICES = {"nemotron-ultra": (Decimal("0.60"), Decimal("1.80")), "llama-8b": (Decimal("0.15"), Decimal("0.60"))}

@@ -7,7 +7,8 @@ import pytest
 
 from inferplane.config import ConfigError
 from inferplane.crds import validate_custom_resource
-from inferplane.render import render, waiting_requests_per_replica
+from inferplane.planning import waiting_requests_per_replica
+from inferplane.render import render
 
 SHARED_CACHE = {"access_mode": "ReadOnlyMany"}
 

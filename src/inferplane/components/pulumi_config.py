@@ -108,7 +108,7 @@ CLOUD_SECTIONS = ("gke", "eks", "scaleway")  # Pulumi-only keys named after the 
 
 def key_paths() -> list[str]:
     """Every key the docs table must list: each DeploymentConfig field (its sub-fields are the
-    README's Config table), each Pulumi-only key with its sub-keys, and the secrets."""
+    Config table of docs/deploy.md), each Pulumi-only key with its sub-keys, and the secrets."""
     paths: list[str] = list(DEPLOYMENT_KEYS)
     for name, field in StackOptions.model_fields.items():
         key = field.alias or name

@@ -52,7 +52,7 @@ from inferplane.gateway.proxy import (
     upstream_unreachable,
 )
 from inferplane.gateway.reasoning import ReasoningDecision, apply_reasoning_toggle
-from inferplane.gateway.records import UsageRecord, price
+from inferplane.ledger.records import UsageRecord, price
 from inferplane.gateway.settings import GatewaySettings, ModelRoute
 from inferplane.gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from inferplane.gateway.validation import (
@@ -192,7 +192,7 @@ class GatewayApp:
 
     async def startup(self) -> None:
         """Open the ledger, load keys and month-to-date spend, connect to vLLM."""
-        from inferplane.gateway.ledger import AsyncLedgerWriter, open_ledger
+        from inferplane.ledger import AsyncLedgerWriter, open_ledger
 
         self.ledger = await asyncio.to_thread(open_ledger, self.settings.ledger_url)
         failures = self.metrics.ledger_commit_failures
@@ -233,8 +233,8 @@ class GatewayApp:
 
     def _make_shipper(self) -> Any:
         """The spool's shipper to the central ledger, if one is configured (not started)."""
-        from inferplane.gateway.ledger.sqlite import SQLiteLedger
-        from inferplane.gateway.shipper import LedgerShipper
+        from inferplane.ledger.sqlite import SQLiteLedger
+        from inferplane.ledger.shipper import LedgerShipper
 
         settings = self.settings
         central_url = settings.resolved_central_ledger_url()
@@ -280,7 +280,7 @@ class GatewayApp:
         the month's summary took 2.2 s of CPU (GIL held, in SQLite's Python Decimal sum) per
         million records here, every BUDGET_REFRESH_SECONDS, and kept the WAL from restarting
         meanwhile (transient WAL peaks of 80-115 MB in a 10-minute soak)."""
-        from inferplane.gateway.ledger.sqlite import SQLiteLedger
+        from inferplane.ledger.sqlite import SQLiteLedger
 
         return self.shipper is not None or not isinstance(self.ledger, SQLiteLedger)
 
@@ -305,7 +305,7 @@ class GatewayApp:
         spent = None
         if self.shipper is not None:
             # Every replica's spend: the central ledger plus this spool's unshipped records.
-            from inferplane.gateway.ledger import LedgerError
+            from inferplane.ledger import LedgerError
 
             try:
                 spent = await asyncio.to_thread(self.shipper.month_to_date_spend, month_start,
@@ -382,7 +382,7 @@ class GatewayApp:
         healthy, upstream = await asyncio.gather(self.upstream.healthy(), self.upstream.metrics())
         self.metrics.upstream_ready.set(1 if healthy else 0)
         if self.shipper is not None:
-            from inferplane.gateway.ledger import LedgerError
+            from inferplane.ledger import LedgerError
 
             try:
                 await asyncio.to_thread(self.shipper.refresh_state)
@@ -523,7 +523,7 @@ class GatewayApp:
                                headers=[(b"retry-after", b"5")])
         if self.shipper is not None and self.shipper.spool_full:
             # Fail closed: past the bound an answer could not be billed reliably (module doc
-            # of gateway/shipper.py); other replicas, or this one once shipping resumes, serve.
+            # of ledger/shipper.py); other replicas, or this one once shipping resumes, serve.
             raise GatewayError(503, "Usage metering is backed up; retry shortly.",
                                type="server_error", code="metering_unavailable",
                                reason="spool_full", headers=[(b"retry-after", b"5")])
@@ -746,7 +746,7 @@ class GatewayApp:
     async def _record(self, ex: Exchange) -> bool:
         """Commit the usage record of `ex`. False when it was not kept (the response must then
         not complete); True when committed, or queued for retry while the database is down."""
-        from inferplane.gateway.ledger import LedgerUnavailableError
+        from inferplane.ledger import LedgerUnavailableError
 
         record = self._make_record(ex)
         ok = True

@@ -195,7 +195,7 @@ def secret_command(
 
     Example:  inferplane keys secret --file keys.json -c deploy.yaml | kubectl apply -f -
     """
-    from inferplane.cli import load_config
+    from inferplane.config import load_config
 
     if not file.exists():
         typer.echo(f"{file} does not exist; create a key first with `inferplane keys create`",

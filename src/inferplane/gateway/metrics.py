@@ -107,7 +107,7 @@ class GatewayMetrics:
         self.ledger_commit_failures = Counter(f"{PREFIX}_ledger_commit_failures",
                                               "Failed ledger transactions (each retry counted)",
                                               registry=r)
-        # The spool -> central ledger path (gateway/shipper.py); zero without a central ledger.
+        # The spool -> central ledger path (ledger/shipper.py); zero without a central ledger.
         self.spool_records = Gauge(f"{PREFIX}_spool_records",
                                    "Usage records in the local spool not yet in the central ledger",
                                    registry=r)

@@ -50,7 +50,7 @@ class GatewaySettings(BaseModel):
     keys_file: str = "/etc/inferplane/keys/keys.json"
     ledger_url: str = "sqlite:////var/lib/inferplane/ledger.db"
     # The central ledger (PostgreSQL) that `ledger_url`, then the pod's spool, is shipped to
-    # (gateway/shipper.py); neither set: no shipping. In a pod the URL holds a password, so it
+    # (ledger/shipper.py); neither set: no shipping. In a pod the URL holds a password, so it
     # comes from an environment variable filled from a Secret, never from this file.
     central_ledger_url: str | None = None
     central_ledger_url_env: str | None = None

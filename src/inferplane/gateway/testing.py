@@ -16,7 +16,7 @@ from typing import Any
 
 from inferplane.gateway.app import GatewayApp
 from inferplane.gateway.keys import KeyEntry, KeysFile, create_key, load_keys_file, save_keys_file
-from inferplane.gateway.records import UsageRecord
+from inferplane.ledger.records import UsageRecord
 from inferplane.gateway.server import gateway_server
 from inferplane.gateway.settings import GatewaySettings
 from inferplane.sockets import wait_until_ok
@@ -125,7 +125,7 @@ class DataPlane:
 
     def records(self) -> list[UsageRecord]:
         """Every usage record in the ledger, oldest first."""
-        from inferplane.gateway.ledger import open_ledger
+        from inferplane.ledger import open_ledger
 
         with open_ledger(self.settings.ledger_url) as ledger:
             return ledger.records()
@@ -139,7 +139,7 @@ class DataPlane:
 def deployment_gateway_settings(tmp_path: Path, upstream_url: str, **overrides: Any
                                 ) -> GatewaySettings:
     """Gateway settings of the shipped Nemotron-Ultra example, with state under `tmp_path`."""
-    from inferplane.cli import examples_dir
+    from inferplane.config import examples_dir
     from inferplane.config import load
 
     config = load(examples_dir() / "nemotron-ultra.yaml")
@@ -155,7 +155,7 @@ def running_data_plane(tmp_path: Path, simulator_settings: Any = None,
                        **gateway_overrides: Any) -> Iterator[DataPlane]:
     """The simulator (imitating the shipped example's vLLM) and a gateway in front of it, each
     in a thread of this process; stopped (and the ledger flushed) on exit."""
-    from inferplane.cli import examples_dir
+    from inferplane.config import examples_dir
     from inferplane.config import load
     from inferplane.simulator import SimulatorSettings, running_simulator
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Sequence
 
-from inferplane.gateway.ledger.base import (
+from inferplane.ledger.base import (
     RECORD_FIELDS,
     Ledger,
     LedgerError,
@@ -36,8 +36,8 @@ from inferplane.gateway.ledger.base import (
     iso_utc,
     to_utc,
 )
-from inferplane.gateway.ledger.migrations import SQLITE_MIGRATIONS, pending_migrations
-from inferplane.gateway.records import UsageRecord
+from inferplane.ledger.migrations import SQLITE_MIGRATIONS, pending_migrations
+from inferplane.ledger.records import UsageRecord
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 # Values of the spool's shipped-marker (migration 2): waiting is 0.
@@ -363,7 +363,7 @@ class SQLiteLedger(Ledger):
         with self._read_lock:
             return self._reader.execute("SELECT count(*) FROM usage_records").fetchone()[0]
 
-    # --- the spool side: records not yet in the central ledger (see gateway/shipper.py) -------
+    # --- the spool side: records not yet in the central ledger (see ledger/shipper.py) -------
 
     def unshipped(self, limit: int) -> list[UsageRecord]:
         """Up to `limit` records not yet shipped to the central ledger, first spooled first."""

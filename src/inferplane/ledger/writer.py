@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from inferplane.gateway.ledger.base import (
+from inferplane.ledger.base import (
     Ledger,
     LedgerBacklogFullError,
     LedgerError,
@@ -54,7 +54,7 @@ from inferplane.gateway.ledger.base import (
     LedgerUnavailableError,
     check_record,
 )
-from inferplane.gateway.records import UsageRecord
+from inferplane.ledger.records import UsageRecord
 
 log = logging.getLogger("inferplane.ledger")
 

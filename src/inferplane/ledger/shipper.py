@@ -28,9 +28,9 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
-from inferplane.gateway.ledger import Ledger, LedgerError, LedgerRecordError, open_ledger
-from inferplane.gateway.ledger.postgres import redact_url
-from inferplane.gateway.ledger.sqlite import REFUSED, SQLiteLedger
+from inferplane.ledger import Ledger, LedgerError, LedgerRecordError, open_ledger
+from inferplane.ledger.postgres import redact_url
+from inferplane.ledger.sqlite import REFUSED, SQLiteLedger
 
 log = logging.getLogger("inferplane.shipper")
 

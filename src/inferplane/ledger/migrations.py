@@ -6,7 +6,7 @@ has shipped. `schema_version` holds one row per applied step.
 
 from __future__ import annotations
 
-from inferplane.gateway.ledger.base import LedgerSchemaError
+from inferplane.ledger.base import LedgerSchemaError
 
 Migration = tuple[int, tuple[str, ...]]
 
@@ -41,7 +41,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX usage_records_by_time ON usage_records (created_at)",
         "CREATE INDEX usage_records_by_key_time ON usage_records (key_id, created_at)",
     )),
-    # 2: the shipped-marker of a sidecar's spool (gateway/shipper.py): 0 = not yet in the central
+    # 2: the shipped-marker of a sidecar's spool (ledger/shipper.py): 0 = not yet in the central
     # ledger, 1 = shipped, -1 = refused by the central ledger for good (kept here, alerted on).
     # The partial index holds only what waits, so depth and age stay cheap to read.
     (2, (

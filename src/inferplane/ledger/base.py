@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from typing import Callable, Sequence
 
-from inferplane.gateway.records import UsageRecord
+from inferplane.ledger.records import UsageRecord
 
 # What `summary()` can group by; `day` and `month` are UTC calendar periods of `created_at`.
 # The prices (as the decimal text they were recorded with) let an invoice show one line per price.

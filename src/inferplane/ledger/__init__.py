@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from inferplane.gateway.ledger.base import (
+from inferplane.ledger.base import (
     SUMMARY_GROUPS,
     Ledger,
     LedgerBacklogFullError,
@@ -25,10 +25,10 @@ from inferplane.gateway.ledger.base import (
     LedgerUnavailableError,
     UsageSummaryRow,
 )
-from inferplane.gateway.ledger.migrations import SCHEMA_VERSION
+from inferplane.ledger.migrations import SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from inferplane.gateway.ledger.writer import AsyncLedgerWriter
+    from inferplane.ledger.writer import AsyncLedgerWriter
 
 # Where `inferplane dev` keeps its ledger and where `inferplane usage` looks by default
 # (relative to the current directory).
@@ -50,14 +50,14 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The writer pulls in asyncio; `inferplane usage` and the rest of the CLI never need it.
     if name == "AsyncLedgerWriter":
-        from inferplane.gateway.ledger.writer import AsyncLedgerWriter
+        from inferplane.ledger.writer import AsyncLedgerWriter
 
         return AsyncLedgerWriter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _bad_url(url: str, problem: str) -> LedgerConfigError:
-    from inferplane.gateway.ledger.postgres import redact_url
+    from inferplane.ledger.postgres import redact_url
 
     return LedgerConfigError(f"ledger URL {redact_url(url)!r}: {problem}; use one of: {', '.join(URL_FORMS)}")
 
@@ -84,7 +84,7 @@ def open_ledger(url: str, *, create: bool = True) -> Ledger:
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme == "sqlite":
-        from inferplane.gateway.ledger.sqlite import SQLiteLedger
+        from inferplane.ledger.sqlite import SQLiteLedger
 
         path = sqlite_path(url)
         options: dict[str, object] = {}
@@ -102,7 +102,7 @@ def open_ledger(url: str, *, create: bool = True) -> Ledger:
                 raise
             raise _bad_url(url, str(error)) from None
     if scheme in ("postgresql", "postgres"):
-        from inferplane.gateway.ledger.postgres import PostgresLedger
+        from inferplane.ledger.postgres import PostgresLedger
 
         return PostgresLedger(url, create=create)
     raise _bad_url(url, f"unsupported scheme {scheme!r}" if scheme else "not a URL")

@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from inferplane.gateway.ledger.base import (
+from inferplane.ledger.base import (
     RECORD_FIELDS,
     Ledger,
     LedgerError,
@@ -26,8 +26,8 @@ from inferplane.gateway.ledger.base import (
     checked_rows,
     to_utc,
 )
-from inferplane.gateway.ledger.migrations import POSTGRES_MIGRATIONS, pending_migrations
-from inferplane.gateway.records import UsageRecord
+from inferplane.ledger.migrations import POSTGRES_MIGRATIONS, pending_migrations
+from inferplane.ledger.records import UsageRecord
 
 try:
     import psycopg

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import typer
 
-from inferplane.gateway.ledger import (
+from inferplane.ledger import (
     DEFAULT_DEV_LEDGER_URL,
     SUMMARY_GROUPS,
     Ledger,

@@ -23,7 +23,7 @@ from typing import Optional
 
 import typer
 
-from inferplane.gateway.ledger import (
+from inferplane.ledger import (
     Ledger,
     LedgerConfigError,
     LedgerError,

@@ -1,0 +1,1 @@
+"""Reports read from the ledger: `inferplane usage` and `inferplane invoice`."""
