@@ -3,14 +3,22 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps tools dev test render plan bench clean
+.PHONY: setup setup-all system-deps tools dev test render plan bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## the data plane and the CLI only (gateway, simulator, ledger): what `make dev` needs
 
 $(VENV)/.installed: pyproject.toml
+	@echo "installing inferplane (data plane + CLI) into $(VENV); pip lists each package as it goes"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[all]"
+	$(BIN)/pip install --progress-bar on -e .
+	touch $@
+
+setup-all: $(VENV)/.installed-all  ## every extra: Pulumi + cloud SDKs, PostgreSQL driver, policy, cluster, test tools
+
+$(VENV)/.installed-all: $(VENV)/.installed
+	@echo "installing the Pulumi and cloud SDKs and the test tools into $(VENV) (~1 GB)"
+	$(BIN)/pip install --progress-bar on -e ".[all]"
 	touch $@
 
 dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster, no GPU
@@ -19,11 +27,11 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-tools: setup  ## pinned cluster binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
+tools: setup-all system-deps  ## pinned cluster binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
 	$(BIN)/inferplane cluster tools
 	$(BIN)/inferplane check-vllm-args --prepare
 
-test: setup system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
+test: setup-all system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
@@ -32,7 +40,7 @@ render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
 plan: setup
 	$(BIN)/inferplane plan -f examples/nemotron-ultra.yaml
 
-bench: setup  ## benchmarks: ratios measured side by side in one run
+bench: setup-all  ## benchmarks: ratios measured side by side in one run
 	scripts/install-system-deps --bench
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/gateway.py

@@ -162,8 +162,26 @@ app.command("check-vllm-args")(check_vllm_args_command())
 app.add_typer(cluster_app, name="cluster")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+# The optional modules and the extra that brings each: a command that needs one says so.
+EXTRA_OF_MODULE = {
+    "pulumi": "pulumi", "pulumi_kubernetes": "pulumi", "pulumi_gcp": "gcp", "pulumi_aws": "aws",
+    "pulumiverse_scaleway": "scaleway", "pulumi_policy": "policy", "psycopg": "postgres",
+    "cryptography": "cluster", "kubernetes": "cluster",
+}
+
+
+def main() -> None:
+    """The console entry: the app, with a missing optional dependency told as the extra to add."""
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"inferplane: this command needs the '{extra}' extra ({error.name} is not installed): "
+              f"pip install -e '.[{extra}]' in a checkout, or pip install 'inferplane[{extra}]'",
+              file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

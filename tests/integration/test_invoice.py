@@ -167,5 +167,5 @@ def test_bad_options_exit_2(args: list[str], message: str, tmp_path: Path) -> No
 
 def test_a_missing_ledger_is_an_error_not_an_empty_invoice(tmp_path: Path) -> None:
     code, _, err = invoice("--month", "2026-11", "--ledger", f"sqlite:///{tmp_path}/none.db")
-    assert code == 1 and "no ledger" in err
+    assert code == 2 and "no ledger" in err and "pass --ledger" in err
     assert not (tmp_path / "none.db").exists()

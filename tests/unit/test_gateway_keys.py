@@ -78,6 +78,8 @@ def test_cli_rejects_bad_values_naming_the_option(tmp_path):
                          [["--reasoning", "maybe"], "--reasoning"]):
         result = runner.invoke(app, ["keys", "create", "--tenant", "t", "--file", path, *args])
         assert result.exit_code == 2 and option in result.output
+    assert runner.invoke(app, ["keys", "revoke", "key_nope", "--file", path]).exit_code == 2  # no file
+    assert runner.invoke(app, ["keys", "create", "--tenant", "t", "--file", path]).exit_code == 0
     assert runner.invoke(app, ["keys", "revoke", "key_nope", "--file", path]).exit_code == 1
 
 

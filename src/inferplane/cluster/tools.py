@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -124,13 +125,32 @@ def _run(tool: Tool, args: list[str], cwd: Path, progress: Progress, env: dict[s
                              f"exited {result.returncode}:\n{tail}")
 
 
+GO_MINIMUM = (1, 26)  # the pinned Kubernetes, containerd and pulumi sources need it (GOTOOLCHAIN=local)
+
+
+def _go_version(go: str) -> tuple[int, ...] | None:
+    result = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True)
+    match = re.match(r"go(\d+)\.(\d+)", result.stdout.strip()) if result.returncode == 0 else None
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
 def _go() -> str:
-    # Go's own installer puts it in /usr/local/go, which a non-login shell may not have on PATH.
-    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-    if not go:
-        raise ToolBuildError("the `go` command is not on PATH; install Go 1.26 or newer "
-                             "(the tools are built from the Go module proxy)")
-    return go
+    """A Go new enough for the builds: on PATH, Go's installer's /usr/local/go, or the toolchain
+    scripts/install-system-deps puts in our cache; an older one is named, not used."""
+    installed = sorted((cache_root() / "go-toolchain").glob("go*/bin/go"), reverse=True)
+    candidates = [shutil.which("go"), "/usr/local/go/bin/go", *map(str, installed)]
+    seen = []
+    for go in filter(None, candidates):
+        if not os.access(go, os.X_OK):
+            continue
+        version = _go_version(go)
+        if version and version >= GO_MINIMUM:
+            return go
+        seen.append(f"{go} ({'go' + '.'.join(map(str, version)) if version else 'does not run'})")
+    found = f" (found: {', '.join(seen)})" if seen else ""
+    raise ToolBuildError(f"no Go {'.'.join(map(str, GO_MINIMUM))} or newer{found}: run "
+                         "scripts/install-system-deps, which installs the pinned Go from the Go "
+                         "module proxy (the tools are built from it with GOTOOLCHAIN=local)")
 
 
 def _module_dir(module: str, version: str) -> Path:

@@ -23,9 +23,19 @@ from inferplane.gateway.keys import (
 
 KEYS_FILE_ENV = "INFERPLANE_KEYS_FILE"
 
+DEV_KEYS_FILE = Path(".inferplane") / "dev" / "keys.json"  # what `inferplane dev` serves
+
 KeysFileOption = typer.Option(
-    Path("keys.json"), "--file", "-k", envvar=KEYS_FILE_ENV,
-    help="The keys file (JSON, hashes only) that the gateway's Secret holds.")
+    None, "--file", "-k", envvar=KEYS_FILE_ENV, show_default=False,
+    help="The keys file (JSON, hashes only) that the gateway's Secret holds. Default: the keys of "
+         "`inferplane dev` in this directory when present, else ./keys.json.")
+
+
+def keys_file_path(file: Optional[Path]) -> Path:
+    """The same default rule as `usage` and `invoice`: the dev state when present."""
+    if file is not None:
+        return file
+    return DEV_KEYS_FILE if DEV_KEYS_FILE.exists() else Path("keys.json")
 
 
 def gateway_command(
@@ -63,7 +73,12 @@ keys_app = typer.Typer(
 )
 
 
-def _load(path: Path) -> KeysFile:
+def _load(path: Path, *, missing_ok: bool = False) -> KeysFile:
+    """The keys file, or exit 2 saying why; only `create` may start from no file."""
+    if not missing_ok and not path.exists():
+        typer.echo(f"error: keys file {path} does not exist; create a key first with "
+                   f"`inferplane keys create --file {path}`, or pass --file", err=True)
+        raise typer.Exit(2)
     try:
         return load_keys_file(path)
     except (OSError, ValueError) as error:
@@ -93,7 +108,7 @@ def create_command(
         None, help="Expiry: 30d, 12h, 2026-12-31 or an ISO datetime (default: never)."),
     reasoning: Optional[str] = typer.Option(
         None, help="This key's reasoning default when a request does not choose: on or off."),
-    file: Path = KeysFileOption,
+    file: Optional[Path] = KeysFileOption,
     output: str = typer.Option("text", "--output", "-o", help="text (the key alone) or json"),
 ) -> None:
     """Create a key and print it once (stdout); only its hash is written to the keys file.
@@ -120,7 +135,8 @@ def create_command(
     if reasoning not in (None, "on", "off"):
         typer.echo(f"--reasoning {reasoning!r}: use on or off", err=True)
         raise typer.Exit(2)
-    keys_file = _load(file)
+    file = keys_file_path(file)
+    keys_file = _load(file, missing_ok=True)
     try:
         key, entry = create_key(keys_file, tenant=tenant, name=name, models=models, rpm=rpm,
                                 tpm=tpm, budget=monthly_budget, expires_at=expires_at,
@@ -141,11 +157,11 @@ def create_command(
 
 @keys_app.command("list")
 def list_command(
-    file: Path = KeysFileOption,
+    file: Optional[Path] = KeysFileOption,
     output: str = typer.Option("table", "--output", "-o", help="table or json"),
 ) -> None:
     """List keys: ids, tenants, limits, status (never the keys: only their hashes are stored)."""
-    keys_file = _load(file)
+    keys_file = _load(file := keys_file_path(file))
     now = datetime.now(timezone.utc)
     if output == "json":
         rows = []
@@ -171,9 +187,9 @@ def list_command(
 
 @keys_app.command("revoke")
 def revoke_command(key_id: str = typer.Argument(..., help="The key's id (see `keys list`)."),
-                   file: Path = KeysFileOption) -> None:
+                   file: Optional[Path] = KeysFileOption) -> None:
     """Revoke a key: the gateway refuses it (401) within a second of the file's update."""
-    keys_file = _load(file)
+    keys_file = _load(file := keys_file_path(file))
     try:
         revoke_key(keys_file, key_id)
     except KeyError as error:
@@ -185,7 +201,7 @@ def revoke_command(key_id: str = typer.Argument(..., help="The key's id (see `ke
 
 @keys_app.command("secret")
 def secret_command(
-    file: Path = KeysFileOption,
+    file: Optional[Path] = KeysFileOption,
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="Deployment config: takes the Secret's name and namespace."),
     name: Optional[str] = typer.Option(None, help="Secret name (default: <config name>-api-keys)."),
@@ -197,10 +213,7 @@ def secret_command(
     """
     from inferplane.config import load_config
 
-    if not file.exists():
-        typer.echo(f"{file} does not exist; create a key first with `inferplane keys create`",
-                   err=True)
-        raise typer.Exit(2)
+    file = keys_file_path(file)
     _load(file)  # refuse to publish a file the gateway would not accept
     deployment = load_config(config) if config is not None or not (name and namespace) else None
     secret_name = name or deployment.keys_secret_name

@@ -23,21 +23,14 @@ from typing import Optional
 
 import typer
 
-from inferplane.ledger import (
-    Ledger,
-    LedgerConfigError,
-    LedgerError,
-    LedgerNotFoundError,
-    UsageSummaryRow,
-    open_ledger,
-)
+from inferplane.ledger import Ledger, LedgerError, UsageSummaryRow
+from inferplane.reports import LedgerOption, open_for_report
 
 LINE_GROUPS = ("tenant", "key_id", "model", "input_price_per_million", "output_price_per_million")
 LINE_COLUMNS = ("month", "tenant", "key_id", "model", "currency", "input_price_per_million",
                 "output_price_per_million", "requests", "prompt_tokens", "completion_tokens",
                 "cached_tokens", "cost")
 OUTPUT_FORMATS = ("csv", "json")
-LEDGER_URL_ENV = "INFERPLANE_LEDGER_URL"  # keeps the DSN's password off the command line
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _EXACT = decimal.Context(prec=200, traps=[decimal.Inexact, decimal.Overflow, decimal.InvalidOperation])
 
@@ -181,10 +174,7 @@ RENDERERS = {"csv": render_csv, "json": render_json}
 
 def invoice_command(
     month: str = typer.Option(..., "--month", help="The UTC month to invoice, YYYY-MM."),
-    ledger: str = typer.Option(..., "--ledger", envvar=LEDGER_URL_ENV,
-                               help="The central ledger: postgresql://user@host/db (or sqlite:///...). "
-                                    f"Also read from {LEDGER_URL_ENV}, which keeps a password off "
-                                    "the command line."),
+    ledger: str = LedgerOption,
     output: Optional[str] = typer.Option(None, "--output", "-o",
                                          help="csv or json; default: csv on stdout, both with --out"),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for invoice-YYYY-MM.csv/.json."),
@@ -201,14 +191,7 @@ def invoice_command(
         month_bounds(month)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--month") from None
-    try:
-        opened = open_ledger(ledger, create=False)
-    except LedgerConfigError as bad:
-        typer.echo(f"error: --ledger: {bad}", err=True)
-        raise typer.Exit(2) from None
-    except (LedgerNotFoundError, LedgerError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    opened = open_for_report(ledger)
     try:
         invoice = build_invoice(opened, month)
     except LedgerError as error:

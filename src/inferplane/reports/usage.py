@@ -16,16 +16,8 @@ from typing import Optional, Sequence
 
 import typer
 
-from inferplane.ledger import (
-    DEFAULT_DEV_LEDGER_URL,
-    SUMMARY_GROUPS,
-    Ledger,
-    LedgerConfigError,
-    LedgerError,
-    LedgerNotFoundError,
-    UsageSummaryRow,
-    open_ledger,
-)
+from inferplane.ledger import SUMMARY_GROUPS, Ledger, LedgerError, UsageSummaryRow
+from inferplane.reports import LedgerOption, open_for_report
 
 # What users type after --by, and the header each group gets in the table.
 GROUP_ALIASES = {"key": "key_id", "key_id": "key_id", "tenant": "tenant", "model": "model",
@@ -152,9 +144,7 @@ def parse_bound(text: Optional[str], option: str, *, end_of_day: bool) -> dateti
 
 
 def usage_command(
-    ledger: str = typer.Option(DEFAULT_DEV_LEDGER_URL, "--ledger", envvar="INFERPLANE_LEDGER_URL",
-                               help="Ledger URL: sqlite:///path.db or postgresql://user@host/db. "
-                                    "Default: the ledger of `inferplane dev` in this directory."),
+    ledger: str = LedgerOption,
     since: Optional[str] = typer.Option(None, "--since", help="First UTC day (YYYY-MM-DD) or ISO-8601 time."),
     until: Optional[str] = typer.Option(None, "--until",
                                         help="Last UTC day, included (YYYY-MM-DD), or an ISO-8601 time (excluded)."),
@@ -171,19 +161,7 @@ def usage_command(
     group_by = parse_group_by(by)
     lower = parse_bound(since, "--since", end_of_day=False)
     upper = parse_bound(until, "--until", end_of_day=True)
-    try:
-        opened = open_ledger(ledger, create=False)
-    except LedgerNotFoundError as missing:
-        hint = (" -- `inferplane dev` creates it there"
-                if ledger == DEFAULT_DEV_LEDGER_URL else "")
-        typer.echo(f"error: {missing}{hint}; pass --ledger URL to read another ledger", err=True)
-        raise typer.Exit(2) from None
-    except LedgerConfigError as bad:
-        typer.echo(f"error: --ledger: {bad}", err=True)
-        raise typer.Exit(2) from None
-    except LedgerError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    opened = open_for_report(ledger)
     try:
         report = build_report(opened, group_by, lower, upper)
     except LedgerError as error:
