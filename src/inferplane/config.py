@@ -7,6 +7,7 @@ Every problem is reported with the field it concerns and what to do about it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import sys
@@ -445,6 +446,41 @@ _HINTS = {
 }
 
 
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that `loc` (a path ending in a field) sits in."""
+    model: type[BaseModel] = DeploymentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _field_paths(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every field of the config as a dotted path, sections included."""
+    paths = []
+    for name, field in (model or DeploymentConfig).model_fields.items():
+        paths.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _field_paths(annotation, f"{prefix}{name}.")
+    return paths
+
+
+def _unknown_field_message(loc: tuple[Any, ...]) -> str:
+    """Suggest the closest field of the same section, or the section where the name belongs."""
+    name = str(loc[-1])
+    close = difflib.get_close_matches(name, _known_fields(loc), n=1, cutoff=0.75)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    elsewhere = [path for path in _field_paths() if path.rsplit(".", 1)[-1] == name]
+    if elsewhere:
+        return f"unknown field here; it belongs at {elsewhere[0]}"
+    return _HINTS["extra_forbidden"]
+
+
 def _pydantic_problems(error: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for item in error.errors():
@@ -453,10 +489,54 @@ def _pydantic_problems(error: ValidationError) -> list[tuple[str, str]]:
         hint = _HINTS.get(item["type"])
         if hint:
             message = hint
+            if item["type"] == "extra_forbidden" and item["loc"]:
+                message = _unknown_field_message(tuple(item["loc"]))
         elif item["type"] not in ("value_error",) and "input" in item:
             message = f"{message} (got {item['input']!r})"
         problems.append((field, message))
     return problems
+
+
+def _without(data: Any, loc: tuple[Any, ...]) -> None:
+    """Drop the value at `loc` from nested mappings (in place), so the rest can still be checked."""
+    for part in loc[:-1]:
+        data = data.get(part) if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data.pop(loc[-1], None) if loc else None
+
+
+def _problems_of_the_rest(data: Mapping[str, Any], error: ValidationError) -> list[tuple[str, str]]:
+    """The cross-field problems of a config whose invalid fields fell back to their defaults.
+
+    Every problem is reported in one run: without this, a file with a bad field hid its region
+    and sizing problems until the next run. A cross-field problem is kept only where no dropped
+    value could have caused it (a dropped unknown key changes nothing; a dropped bad value of a
+    section makes that section's checks, and sizing when it is model or accelerator, unreliable).
+    """
+    import copy
+
+    rest = copy.deepcopy(dict(data))
+    touched: set[str] = set()
+    for _ in range(3):  # a dropped value can expose another; a few passes settle it
+        try:
+            config = DeploymentConfig.model_validate(rest)
+            break
+        except ValidationError as again:
+            for item in again.errors():
+                loc = tuple(item["loc"])
+                if not loc:
+                    return []
+                if item["type"] != "extra_forbidden":
+                    touched.add(str(loc[0]) if len(loc) > 1 else str(loc[0]))
+                _without(rest, loc)
+    else:
+        return []
+    if {"model", "accelerator"} & touched:
+        touched |= {"model", "accelerator"}
+    if {"cloud", "region", "zone", "residency"} & touched:
+        touched |= {"cloud", "region", "zone", "residency", "accelerator"}
+    return [(field, message) for field, message in _deployment_problems(config)
+            if field.split(".")[0] not in touched]
 
 
 def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
@@ -530,7 +610,8 @@ def from_mapping(data: Mapping[str, Any] | None, source: str | None = None) -> D
     try:
         config = DeploymentConfig.model_validate(dict(data))
     except ValidationError as error:
-        raise ConfigError(_pydantic_problems(error), source) from None
+        raise ConfigError(_pydantic_problems(error) + _problems_of_the_rest(data, error),
+                          source) from None
     return validate(config, source)
 
 

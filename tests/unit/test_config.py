@@ -86,7 +86,7 @@ def test_context_that_does_not_fit_points_at_max_model_len():
 def test_unknown_fields_and_bad_types_name_the_field():
     found = problems({"cloud": "gke", "region": "europe-west4", "replicaz": 2,
                       "model": {"max_model_len": "lots"}, "replicas": 0})
-    assert found["replicaz"] == "unknown field; remove it or fix its spelling"
+    assert found["replicaz"] == "unknown field; did you mean 'replicas'?"
     assert "valid integer" in found["model.max_model_len"] and "'lots'" in found["model.max_model_len"]
     assert "greater than or equal to 1" in found["replicas"]
 
@@ -174,3 +174,34 @@ def test_cold_and_warm_start_estimates_per_cache_kind(make_config):
     assert config.start_seconds("empty_dir") == pytest.approx((download + 600, download + 600))
     faster = make_config(model_cache={"download_gb_per_second": 1.0})
     assert faster.start_seconds("empty_dir")[0] == pytest.approx(506.8 + 600)
+
+
+def test_every_problem_is_reported_in_one_run():
+    # An unknown key, a negative price, a non-EU region and TP=4: the first two used to hide the
+    # others until the next run.
+    found = problems({"cloud": "gke", "region": "us-central1", "tensor_paralel_size": 8,
+                      "metering": {"input_price_per_million": -1},
+                      "accelerator": {"tensor_parallel_size": 4}})
+    assert set(found) == {"tensor_paralel_size", "metering.input_price_per_million", "region",
+                          "accelerator.tensor_parallel_size"}
+    assert "not an EU/EEA region" in found["region"]
+    assert "use tensor_parallel_size 8" in found["accelerator.tensor_parallel_size"]
+
+
+def test_a_cross_check_that_a_dropped_bad_value_could_cause_is_not_reported():
+    # accelerator.type is invalid: sizing against the default accelerator would be a guess.
+    found = problems({"cloud": "gke", "region": "us-central1", "accelerator": {"type": "TPU",
+                                                                           "tensor_parallel_size": 4}})
+    assert "accelerator.type" in found and "region" in found
+    assert "accelerator.tensor_parallel_size" not in found
+
+
+def test_unknown_fields_suggest_the_closest_field_or_where_it_belongs():
+    found = problems({"cloud": "gke", "region": "europe-west4", "replicaz": 2,
+                      "accelerator": {"tensor_paralel_size": 8},
+                      "cost": {"input_price_per_million": 1}, "frobnicate": True})
+    assert found["accelerator.tensor_paralel_size"] == "unknown field; did you mean 'tensor_parallel_size'?"
+    assert found["replicaz"] == "unknown field; did you mean 'replicas'?"
+    assert found["cost.input_price_per_million"] == ("unknown field here; it belongs at "
+                                                      "metering.input_price_per_million")
+    assert found["frobnicate"] == "unknown field; remove it or fix its spelling"
