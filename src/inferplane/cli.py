@@ -12,8 +12,9 @@ import typer
 from inferplane.config import DeploymentConfig, examples_dir, load_config
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain help: readable at 80 columns (rich boxes cut option names)
     help="Private, EU-resident, OpenAI-compatible inference for very large open models.\n\n"
-    "Example:  inferplane render -f examples/nemotron-ultra.yaml -o deploy/",
+    "\b\nExample:  inferplane render -f examples/nemotron-ultra.yaml -o deploy/",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,7 +32,8 @@ def render(
 ) -> None:
     """Render the Kubernetes manifests of a config (deterministic; ready for Argo CD or Flux).
 
-    Example:  inferplane render -f examples/nemotron-ultra.yaml -o deploy/nemotron-ultra
+    \b
+    Example:  inferplane render -f examples/nemotron-ultra.yaml -o deploy/nemotron
     """
     from inferplane.render import render as render_manifests
     from inferplane.render import to_multi_document, write_directory
@@ -49,7 +51,11 @@ def render(
 
 @app.command()
 def check(file: Optional[Path] = ConfigOption) -> None:
-    """Validate a config: residency, sizing, images, names. Exit 2 on any problem."""
+    """Validate a config: residency, sizing, images, names. Exit 2 on any problem.
+
+    \b
+    Example:  inferplane check -f examples/nemotron-ultra.yaml
+    """
     config = load_config(file)
     typer.echo(f"ok: {config.name} ({config.model_spec.key} on {config.tensor_parallel_size} x "
                f"{config.accelerator.type} in {config.cloud}/{config.region})")
@@ -62,6 +68,7 @@ def plan(
 ) -> None:
     """Print sizing and cost: weights, KV budget, full-context sequences, GPUs, nodes, break-even.
 
+    \b
     Example:  inferplane plan -f examples/nemotron-ultra.yaml -o json
     """
     from inferplane.planning import plan_document, plan_rows, plan_table
@@ -84,7 +91,8 @@ def dashboard(
 ) -> None:
     """Write the Grafana dashboard (JSON) of a deployment, ready to import.
 
-    Example:  inferplane dashboard -f examples/nemotron-ultra.yaml -o nemotron-ultra.json
+    \b
+    Example:  inferplane dashboard -f examples/nemotron-ultra.yaml -o dash.json
     """
     from inferplane.observability import dashboard_json
 
@@ -96,7 +104,7 @@ def dashboard(
         typer.echo(f"wrote {output}; import it in Grafana (Dashboards > New > Import)", err=True)
 
 
-weights_app = typer.Typer(help="The model-weight cache: pre-fetch into a Hugging Face cache, verify, wait.",
+weights_app = typer.Typer(rich_markup_mode=None, help="The model-weight cache: pre-fetch into a Hugging Face cache, verify, wait.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
@@ -110,7 +118,9 @@ def weights_fetch(
 ) -> None:
     """Download, verify every file's checksum, and mark the cache complete (resumable).
 
-    Example:  HF_TOKEN=... inferplane weights fetch --repo nvidia/Llama-3_1-Nemotron-Ultra-253B-v1 --cache-dir /models/hf/hub
+    \b
+    Example:  HF_TOKEN=... inferplane weights fetch --cache-dir /models/hf/hub \\
+                --repo nvidia/Llama-3_1-Nemotron-Ultra-253B-v1
     """
     import os
 
@@ -132,7 +142,12 @@ def weights_wait(
     cache_dir: Path = typer.Option(...),
     timeout_seconds: float = typer.Option(6 * 3600, help="give up after this long"),
 ) -> None:
-    """Block until the pre-fetch Job has marked the cache complete (the vLLM pod's init container)."""
+    """Block until the pre-fetch Job has marked the cache complete (the vLLM pod's init container).
+
+    \b
+    Example:  inferplane weights wait --cache-dir /models/hf/hub \\
+                --repo nvidia/Llama-3_1-Nemotron-Ultra-253B-v1
+    """
     from inferplane.weights import WeightsError, wait
 
     try:
@@ -160,6 +175,29 @@ app.command("usage")(usage_command)
 app.command("invoice")(invoice_command)
 app.command("check-vllm-args")(check_vllm_args_command())
 app.add_typer(cluster_app, name="cluster")
+
+
+def _first_sentence(text: str | None) -> str | None:
+    if not text:
+        return None
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[:end + 1]
+
+
+def _whole_summaries(typer_app: typer.Typer) -> None:
+    """List each command with its whole first sentence, wrapped, instead of click's cut at ~45
+    characters ("Render the Kubernetes manifests of a config...")."""
+    for command in typer_app.registered_commands:
+        command.short_help = command.short_help or _first_sentence(
+            command.help or (command.callback.__doc__ if command.callback else None))
+    for group in typer_app.registered_groups:
+        group.short_help = group.short_help or _first_sentence(
+            group.help if isinstance(group.help, str) else group.typer_instance.info.help)
+        _whole_summaries(group.typer_instance)
+
+
+_whole_summaries(app)
 
 
 # The optional modules and the extra that brings each: a command that needs one says so.

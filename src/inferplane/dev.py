@@ -192,7 +192,8 @@ def dev_command(
 ) -> None:
     """Run the local data plane: simulator + gateway on loopback, a SQLite ledger, a demo key.
 
-    Example:  inferplane dev        (then use the printed base URL and key with any OpenAI client)
+    \b
+    Example:  inferplane dev --port 0   (prints the base URL and a demo key)
     """
     from inferplane.config import load_config
     from inferplane.gateway.server import bind_socket, configure_logging, socket_url

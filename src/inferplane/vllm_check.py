@@ -210,6 +210,7 @@ def check_vllm_args_command() -> Callable[..., None]:
         The first run installs vllm (the version of the config's vLLM image, ~9 GB) into a cache.
         It lives in ~/.cache/inferplane; INFERPLANE_CACHE moves it.
 
+        \b
         Example:  inferplane check-vllm-args -f examples/nemotron-ultra.yaml
         """
         from inferplane.config import load_config

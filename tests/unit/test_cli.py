@@ -68,3 +68,39 @@ def test_plan_table_and_check_speak_to_humans():
 def test_help_shows_an_example():
     result = run("render", "--help")
     assert result.returncode == 0 and "Example:" in result.stdout
+
+
+def _all_command_paths(group, prefix=()):
+    for name, command in group.commands.items():
+        yield prefix + (name,)
+        if hasattr(command, "commands"):
+            yield from _all_command_paths(command, prefix + (name,))
+
+
+def _command_at(root, path):
+    for name in path:
+        root = root.commands[name]
+    return root
+
+
+def test_every_help_is_readable_at_80_columns():
+    # Rich's boxes cut option names ("--inter-token-seco…") and click cut summaries mid-phrase.
+    import typer.main
+    from typer.testing import CliRunner
+
+    from inferplane.cli import app
+
+    root = typer.main.get_command(app)
+    paths = [()] + list(_all_command_paths(root))
+    assert len(paths) > 20
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0, (path, result.output)
+        shown = " ".join(("inferplane",) + path)
+        for line in result.stdout.splitlines():
+            assert len(line) <= 80, f"`{shown} --help` has a line of {len(line)} columns: {line!r}"
+            cut = "…" in line or (line.rstrip().endswith("...") and "[ARGS]..." not in line)
+            assert not cut, f"`{shown} --help` cuts: {line!r}"
+        assert "<bool>" not in result.stdout
+        if path and not hasattr(_command_at(root, path), "commands"):
+            assert "Example:" in result.stdout, f"`{shown} --help` shows no example"

@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 
 cluster_app = typer.Typer(
+    rich_markup_mode=None,
     help="A local Kubernetes cluster with fake 8-GPU nodes, for tests and demos.\n\n"
-    "Example:  inferplane cluster tools && inferplane cluster up --backend local",
+    "\b\nExample:  inferplane cluster tools && inferplane cluster up",
     no_args_is_help=True,
 )
 
@@ -43,6 +44,7 @@ def tools(
 
     The cache is machine-wide and keyed by version: ${INFERPLANE_CACHE:-~/.cache/inferplane}/tools.
 
+    \b
     Example:  inferplane cluster tools --only cluster
     """
     from inferplane.cluster import tools as tool_builds
@@ -87,7 +89,9 @@ def up(
 ) -> None:
     """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok, GPU nodes.
 
-    Example:  inferplane cluster up --backend local && export KUBECONFIG=.inferplane/cluster/kubeconfig
+    \b
+    Example:  inferplane cluster up --backend local
+              export KUBECONFIG=.inferplane/cluster/kubeconfig
     """
     if backend == "kind":
         from inferplane.cluster import kind
@@ -114,7 +118,11 @@ def up(
 
 @cluster_app.command()
 def down(backend: str = BackendOption, state_dir: Optional[Path] = StateDirOption) -> None:
-    """Stop every process `up` started (by pid) and remove the cluster's state."""
+    """Stop every process `up` started (by pid) and remove the cluster's state.
+
+    \b
+    Example:  inferplane cluster down
+    """
     if backend == "kind":
         from inferplane.cluster import kind
 
@@ -133,7 +141,11 @@ def status(
     state_dir: Optional[Path] = StateDirOption,
     output: str = typer.Option("table", "--output", "-o", help="table or json"),
 ) -> None:
-    """Report each process of the local cluster and the API server's health. Exit 1 if not running."""
+    """Report each process of the local cluster and the API server's health. Exit 1 if not running.
+
+    \b
+    Example:  inferplane cluster status -o json
+    """
     report = _local(state_dir).status()
     if output == "json":
         typer.echo(json.dumps(report, indent=2))
@@ -153,6 +165,7 @@ def status(
 def env(state_dir: Optional[Path] = StateDirOption) -> None:
     """Print shell exports for the cluster and the Pulumi engine (local backend, tools on PATH).
 
+    \b
     Example:  eval "$(inferplane cluster env)" && pulumi stack ls
     """
     from inferplane.cluster import pulumi_env

@@ -47,6 +47,7 @@ def gateway_command(
 ) -> None:
     """Run the auth + metering gateway in front of vLLM (the pod's sidecar).
 
+    \b
     Example:  inferplane gateway --config /etc/inferplane/config/gateway.yaml
     """
     from pydantic import ValidationError
@@ -67,8 +68,9 @@ def gateway_command(
 
 
 keys_app = typer.Typer(
+    rich_markup_mode=None,
     help="Manage API keys: the keys file holds only SHA-256 hashes; a key is shown once.\n\n"
-    "Example:  inferplane keys create --tenant acme --rpm 60 --budget 100 --file keys.json",
+    "\b\nExample:  inferplane keys create --tenant acme --rpm 60 --budget 100",
     no_args_is_help=True,
 )
 
@@ -113,7 +115,8 @@ def create_command(
 ) -> None:
     """Create a key and print it once (stdout); only its hash is written to the keys file.
 
-    Example:  KEY=$(inferplane keys create --tenant acme --tpm 100000 --file keys.json)
+    \b
+    Example:  KEY=$(inferplane keys create --tenant acme --tpm 100000)
     """
     monthly_budget = None
     if budget is not None:
@@ -160,7 +163,11 @@ def list_command(
     file: Optional[Path] = KeysFileOption,
     output: str = typer.Option("table", "--output", "-o", help="table or json"),
 ) -> None:
-    """List keys: ids, tenants, limits, status (never the keys: only their hashes are stored)."""
+    """List keys: ids, tenants, limits, status (never the keys: only their hashes are stored).
+
+    \b
+    Example:  inferplane keys list --file keys.json -o json
+    """
     keys_file = _load(file := keys_file_path(file))
     now = datetime.now(timezone.utc)
     if output == "json":
@@ -188,7 +195,11 @@ def list_command(
 @keys_app.command("revoke")
 def revoke_command(key_id: str = typer.Argument(..., help="The key's id (see `keys list`)."),
                    file: Optional[Path] = KeysFileOption) -> None:
-    """Revoke a key: the gateway refuses it (401) within a second of the file's update."""
+    """Revoke a key: the gateway refuses it (401) within a second of the file's update.
+
+    \b
+    Example:  inferplane keys revoke key_3f9a2c --file keys.json
+    """
     keys_file = _load(file := keys_file_path(file))
     try:
         revoke_key(keys_file, key_id)
@@ -209,7 +220,8 @@ def secret_command(
 ) -> None:
     """Print the Kubernetes Secret that mounts the keys file into the gateway (hashes only).
 
-    Example:  inferplane keys secret --file keys.json -c deploy.yaml | kubectl apply -f -
+    \b
+    Example:  inferplane keys secret -c deploy.yaml | kubectl apply -f -
     """
     from inferplane.config import load_config
 

@@ -182,7 +182,9 @@ def invoice_command(
     """Export a month's invoice lines per tenant and key, with the prices used, exact to the cent's
     last fraction.
 
-    Example:  INFERPLANE_LEDGER_URL=postgresql://billing@ledger.internal/inferplane inferplane invoice --month 2026-11 --out invoices/
+    \b
+    Example:  export INFERPLANE_LEDGER_URL=postgresql://billing@db.internal/ledger
+              inferplane invoice --month 2026-11 --out invoices/
     """
     if output is not None and output not in OUTPUT_FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(OUTPUT_FORMATS)}, not {output!r}",

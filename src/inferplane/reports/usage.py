@@ -154,7 +154,8 @@ def usage_command(
 ) -> None:
     """Report usage by key, model and day: requests, tokens and exact cost totals.
 
-    Example:  inferplane usage --since 2026-11-01 --until 2026-11-30 --by key,model -o csv
+    \b
+    Example:  inferplane usage --since 2026-11-01 --by key,model -o csv
     """
     if output not in OUTPUT_FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(OUTPUT_FORMATS)}, not {output!r}", param_hint="--output")

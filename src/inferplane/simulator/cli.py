@@ -37,7 +37,9 @@ def simulator_command(
 ) -> None:
     """Serve a vLLM-compatible OpenAI API that needs no GPU (for dev, tests and benchmarks).
 
-    Example:  inferplane simulator --port 8000 --ttft-seconds 0.2 --inter-token-seconds 0.02
+    \b
+    Example:  inferplane simulator --port 8000 --ttft-seconds 0.2 \\
+                --inter-token-seconds 0.02
     """
     from inferplane.simulator.server import serve
 
