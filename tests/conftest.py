@@ -11,7 +11,8 @@ from inferplane.cluster.versions import KUBERNETES_MINOR
 from inferplane.config import DeploymentConfig, from_mapping
 
 # A real PostgreSQL server for the ledger tests (started once, from the machine's binaries).
-pytest_plugins = ["inferplane.testing.postgres"]
+# No test skips silently under CI (inferplane.testing.strict_skips).
+pytest_plugins = ["inferplane.testing.postgres", "inferplane.testing.strict_skips"]
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nemotron-ultra.yaml"
@@ -29,3 +30,13 @@ def make_config():
         return from_mapping(data)
 
     return make
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/cluster/ is a cluster test, whether its module says so or not
+    (`pytest -m "not cluster"` must not build cluster tools or install vLLM)."""
+    cluster_dir = Path(__file__).parent / "cluster"
+    for item in items:
+        if cluster_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.cluster)

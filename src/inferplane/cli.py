@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from inferplane.config import DeploymentConfig, examples_dir, load_config
+from inferplane.config import load_config
 
 app = typer.Typer(
     rich_markup_mode=None,  # plain help: readable at 80 columns (rich boxes cut option names)

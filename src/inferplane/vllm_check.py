@@ -186,12 +186,6 @@ def check_vllm_arg_lists(
     }
 
 
-def check_vllm_args(args: list[str], version: str | None = None) -> tuple[bool, str]:
-    """(accepted, vLLM's message) for one `vllm serve` argument list."""
-    verdict = check_vllm_arg_lists({"args": args}, version)["args"]
-    return verdict.ok, verdict.message
-
-
 def check_vllm_args_command() -> Callable[..., None]:
     """The `inferplane check-vllm-args` command. Built by a function because this file must
     import without typer when it runs as the parsing script inside the vllm venv."""

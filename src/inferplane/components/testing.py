@@ -112,9 +112,6 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def types(self) -> list[str]:
         return [r.type for r in self.resources]
 
-    def by_urn(self, urn: str) -> RecordedResource:
-        return next(r for r in self.resources if r.urn == urn)
-
     def depends_on(self, resource: RecordedResource, other: RecordedResource) -> bool:
         """True when `resource` waits for `other`, directly or through a component's children."""
         if other.urn in resource.dependencies:
