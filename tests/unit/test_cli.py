@@ -68,3 +68,14 @@ def test_plan_table_and_check_speak_to_humans():
 def test_help_shows_an_example():
     result = run("render", "--help")
     assert result.returncode == 0 and "Example:" in result.stdout
+
+
+def test_check_and_render_refuse_a_cloud_ledger_that_dies_with_the_pod(tmp_path):
+    config = tmp_path / "pod-local.yaml"
+    config.write_text(EXAMPLE.read_text() + "ledger:\n  central: false\n")
+    for command in (["check", "-f", str(config)],
+                    ["render", "-f", str(config), "-o", str(tmp_path / "out")]):
+        result = run(*command)
+        assert result.returncode == 2, result.stdout
+        assert "ledger.central" in result.stderr and "pod_local" in result.stderr
+    assert not (tmp_path / "out").exists()
