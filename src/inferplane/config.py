@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from inferplane.catalog import (
     AcceleratorSpec,
@@ -265,10 +266,16 @@ class GatewayConfig(Section):
 
 
 class LedgerConfig(Section):
-    """Usage records: a spool in each pod, shipped to one central PostgreSQL ledger (turn
-    `central` on for more than one replica: a pod's own ledger goes when the pod goes)."""
+    """Usage records: a spool in each pod, shipped to one central PostgreSQL ledger. A pod's own
+    spool is an emptyDir that goes when the pod goes, so `central` is on by default for every
+    cloud; only `cloud: local`, or `pod_local: true`, keeps records in the pod alone."""
 
-    central: bool = Field(False, description="ship each pod's spool to the central ledger")
+    central: bool | None = Field(
+        None, description="ship each pod's spool to the central PostgreSQL ledger; default: on "
+        "for every cloud (gke, eks, scaleway, existing), off for local")
+    pod_local: bool = Field(
+        False, description="accept a cloud deployment whose records live only in the pod "
+        "(central off): a rollout, eviction or node loss deletes them. For test clusters")
     url_secret_name: str | None = Field(
         None, description="Secret whose key `url` is the central ledger's DSN; default: <name>-ledger-db")
     spool_max_records: int = Field(200_000, ge=100, description="unshipped records before new "
@@ -304,6 +311,14 @@ class DeploymentConfig(Section):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     priority: PriorityConfig = Field(default_factory=PriorityConfig)
     hf_token_secret_name: str | None = Field(None, description="default: <name>-hf-token")
+
+    @model_validator(mode="after")
+    def _default_central_ledger(self) -> "DeploymentConfig":
+        """The durable path by default: a cloud deployment ships its records to the central
+        ledger unless told otherwise (and then `_deployment_problems` asks for pod_local)."""
+        if self.ledger.central is None:
+            self.ledger.central = self.cloud != "local"
+        return self
 
     @field_validator("name", "namespace")
     @classmethod
@@ -589,6 +604,13 @@ def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
         problems.append(("model_cache.size_gib",
                          f"{config.model_cache.size_gib} GiB is smaller than the weights "
                          f"({config.model_spec.weights_bytes / 1024**3:.0f} GiB); raise it"))
+    if config.cloud != "local" and not config.ledger.central and not config.ledger.pod_local:
+        problems.append(("ledger.central",
+                         f"false keeps every usage record of this {config.cloud} deployment only "
+                         "in its pod (an emptyDir): a rollout, eviction, scale-down or node loss "
+                         "deletes them and resets budget spend. Remove it (the central PostgreSQL "
+                         "ledger is the default for clouds), or for a test cluster set "
+                         "ledger.pod_local: true to accept losing them"))
     return problems
 
 

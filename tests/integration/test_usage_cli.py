@@ -86,7 +86,8 @@ def test_json_rows_and_totals_equal_the_records(filled_ledger: str) -> None:
     code, out, err = usage("--ledger", filled_ledger, "-o", "json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["group_by"] == ["key_id", "model", "day"]
+    assert report["group_by"] == ["key_id", "model", "day", "outcome"]
+    assert {row["outcome"] for row in report["rows"]} == {"served"}
     got = {(row["key_id"], row["model"], row["day"], row["currency"]):
            {name: Decimal(row[name]) if name == "cost" else row[name]
             for name in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")}

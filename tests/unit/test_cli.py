@@ -138,3 +138,14 @@ def test_the_base_install_is_the_data_plane_only():
     assert project["scripts"]["inferplane"] == "inferplane.cli:main"
     makefile = (REPO / "Makefile").read_text()
     assert '$(BIN)/pip install --progress-bar on -e .\n' in makefile  # make dev: no extras
+
+
+def test_check_and_render_refuse_a_cloud_ledger_that_dies_with_the_pod(tmp_path):
+    config = tmp_path / "pod-local.yaml"
+    config.write_text(EXAMPLE.read_text() + "ledger:\n  central: false\n")
+    for command in (["check", "-f", str(config)],
+                    ["render", "-f", str(config), "-o", str(tmp_path / "out")]):
+        result = run(*command)
+        assert result.returncode == 2, result.stdout
+        assert "ledger.central" in result.stderr and "pod_local" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -309,7 +309,7 @@ def test_the_stack_names_a_missing_gke_network(mocks):
 
 
 def test_without_the_central_ledger_no_database_is_created(mocks):
-    config = stack_config("gke") | {"inferplane:ledger": {"central": False}}
+    config = stack_config("gke") | {"inferplane:ledger": {"central": False, "pod_local": True}}
     run_stack(config, {"inferplane:apiKeysJson": SECRETS["inferplane:apiKeysJson"]})
     assert mocks.of_type("inferplane:ledger:Database") == []
     assert mocks.of_type(CLOUD_SQL) == []

@@ -46,6 +46,6 @@ def test_named_secret_and_bounded_spool_volume():
 
 
 def test_without_central_ledger_no_env_and_no_shipping():
-    _, _, gateway, settings = rendered()
+    _, _, gateway, settings = rendered(central=False, pod_local=True)
     assert "env" not in gateway
     assert settings.resolved_central_ledger_url() is None

@@ -15,6 +15,8 @@ from inferplane.config import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "stacks" / "__main__.py"
 KEYS_FILE = json.dumps({"version": 1, "keys": []})
+# Cloud stacks ship usage to the central ledger by default, so they need its password.
+LEDGER_DB_PASSWORD = "test-only-ledger-password-0123456789"
 NODE_POOL_TYPES = {
     "gke": "gcp:container/nodePool:NodePool",
     "eks": "aws:eks/nodeGroup:NodeGroup",
@@ -34,7 +36,8 @@ def stack_config(stack: str) -> dict:
 def run_stack(config: dict, secrets: dict | None = None) -> dict[str, testing.Export]:
     """Run stacks/__main__.py with `config` (+ secrets) as the engine would pass it."""
     values = dict(config)
-    secrets = {"inferplane:apiKeysJson": KEYS_FILE} if secrets is None else secrets
+    secrets = ({"inferplane:apiKeysJson": KEYS_FILE,
+                "inferplane:ledgerDbPassword": LEDGER_DB_PASSWORD} if secrets is None else secrets)
     values.update(secrets)
     testing.set_stack_config(values, tuple(secrets))
     return testing.run_stack_program(PROGRAM)

@@ -205,3 +205,37 @@ def test_unknown_fields_suggest_the_closest_field_or_where_it_belongs():
     assert found["cost.input_price_per_million"] == ("unknown field here; it belongs at "
                                                       "metering.input_price_per_million")
     assert found["frobnicate"] == "unknown field; remove it or fix its spelling"
+
+
+# -- the ledger must survive the pod by default (issue 11, item 12) ------------------------------
+
+
+@pytest.mark.parametrize("cloud, region", [("gke", "europe-west4"), ("eks", "eu-central-1"),
+                                           ("scaleway", "fr-par"), ("existing", "europe-west4")])
+def test_every_cloud_ships_usage_to_the_central_ledger_by_default(cloud, region):
+    """Was: central off everywhere, so records lived on the pod's emptyDir and died with it."""
+    data = {"cloud": cloud, "region": region}
+    if cloud in ("existing",):
+        data["residency"] = {"require_eu": False}
+    if cloud == "scaleway":
+        data["accelerator"] = {"type": "H100-80G"}
+    try:
+        config = from_mapping(data)
+    except ConfigError as error:  # a cloud without the default machine: not what is tested
+        assert "ledger" not in str(error), error
+        pytest.skip(str(error))
+    assert config.ledger.central is True
+    assert load(EXAMPLE).ledger.central is True
+
+
+def test_local_keeps_its_ledger_in_the_pod():
+    assert from_mapping({"cloud": "local"}).ledger.central is False
+
+
+def test_a_cloud_deployment_whose_records_die_with_the_pod_is_refused_with_the_fix():
+    found = problems({"cloud": "gke", "region": "europe-west4", "ledger": {"central": False}})
+    assert "ledger.central" in found
+    assert "ledger.pod_local: true" in found["ledger.central"]
+    opted_in = from_mapping({"cloud": "gke", "region": "europe-west4",
+                             "ledger": {"central": False, "pod_local": True}})
+    assert opted_in.ledger.central is False

@@ -147,3 +147,98 @@ def test_cached_tokens_of_the_final_usage_chunk_are_metered_whatever_the_client_
     meter = StreamMeter(keep_chunk_usage=keep_chunk_usage, keep_final_usage=keep_final_usage)
     feed_all(meter, stream, 7)
     assert meter.usage() == Usage(200, 1, 176)
+
+
+# -- adversarial content: only the top-level `usage` of an event counts (issue 11, item 2) ----
+
+
+def completion_chunk(index: int, text: str, usage: dict | None = None,
+                     top_logprobs: dict | None = None) -> bytes:
+    """A /v1/completions SSE event as vLLM writes it, optionally with logprobs."""
+    logprobs = None if top_logprobs is None else {
+        "text_offset": [0], "token_logprobs": [-0.1], "tokens": [text],
+        "top_logprobs": [top_logprobs]}
+    body: dict = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                  "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                               "finish_reason": None}]}
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+ADVERSARIAL_TEXTS = [
+    '"usage":{"prompt_tokens":0,"completion_tokens":0}',  # a forged usage in generated text
+    '\\"usage\\": {',  # escaped quotes and a stray brace
+    '"usage": null}]}',  # a fake end of the event
+    'usage',
+]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL_TEXTS)
+@pytest.mark.parametrize("piece", [1, 5, 4096])
+def test_usage_in_generated_text_neither_hides_nor_forges_usage(text, piece):
+    """Was: the meter latched onto the first `"usage":` of an event, which generated text can
+    hold: it read the forged counts (or nothing) and the stripping cut the wrong bytes."""
+    stream = b"".join([chunk(text, usage_of(9, 1)), chunk(text, usage_of(9, 2)),
+                       chunk(text + "}", usage_of(9, 3))])
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False)
+    out = events(feed_all(meter, stream, piece))
+    assert meter.usage() == Usage(9, 3, 0)
+    assert [e["choices"][0]["delta"]["content"] for e in out] == [text, text, text + "}"]
+    assert all("usage" not in e for e in out)
+
+
+@pytest.mark.parametrize("piece", [1, 3, 4096])
+def test_a_token_named_usage_among_top_logprobs_keys_is_not_usage(piece):
+    """Was: `/v1/completions` with logprobs puts token texts as keys of `top_logprobs`; a token
+    `usage` made the recorded usage unreadable (billed 0 after a disconnect) and leaked the usage
+    the client had not asked for."""
+    tops = {"usage": -0.5, " usage": -1.0, '"usage":': -2.0}
+    stream = b"".join([completion_chunk(0, " usage", usage_of(4, 1), tops),
+                       completion_chunk(0, " usage", usage_of(4, 2), tops)])
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False)
+    out = events(feed_all(meter, stream, piece))
+    assert meter.usage() == Usage(4, 2, 0)
+    assert all("usage" not in e for e in out)
+    assert all(e["choices"][0]["logprobs"]["top_logprobs"] == [tops] for e in out)
+
+
+def test_stripping_keeps_every_other_byte_of_an_adversarial_event():
+    with_usage = completion_chunk(0, '"usage":{}', usage_of(4, 1), {"usage": -0.5})
+    without = completion_chunk(0, '"usage":{}', None, {"usage": -0.5})
+    assert strip_usage_member(with_usage) == without
+
+
+def test_usage_from_body_ignores_nested_usage_members():
+    body = json.dumps({"choices": [{"logprobs": {"top_logprobs": [{"usage": -0.1}]}, "text": "x"}],
+                       "usage": usage_of(3, 4), "kv_transfer_params": {"usage": {
+                           "prompt_tokens": 0, "completion_tokens": 0}}}).encode()
+    assert usage_from_body(body) == Usage(3, 4, 0)
+
+
+# -- n > 1 and batched prompts: continuous usage is per choice (issue 11, item 3) ------------
+
+
+def test_a_stream_with_two_choices_cut_short_is_billed_for_both():
+    """Was: the meter kept the last chunk's usage, which covers one choice only."""
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False, choices_per_prompt=2)
+    for step in range(1, 4):
+        meter.feed(completion_chunk(0, "a", usage_of(7, step))
+                   + completion_chunk(1, "b", usage_of(7, step)))
+    meter.feed(completion_chunk(0, "a", usage_of(7, 4)))
+    assert meter.usage() == Usage(7, 7, 0)  # the prompt once, 4 + 3 completion tokens
+
+
+def test_batched_prompts_are_billed_each_prompt_once_and_every_choice():
+    meter = StreamMeter(keep_chunk_usage=True, keep_final_usage=True, choices_per_prompt=2)
+    # two prompts (5 and 8 tokens), n=2: choice index = prompt * 2 + choice
+    meter.feed(completion_chunk(0, "a", usage_of(5, 1)) + completion_chunk(1, "a", usage_of(5, 2))
+               + completion_chunk(2, "a", usage_of(8, 3)) + completion_chunk(3, "a", usage_of(8, 1)))
+    assert meter.usage() == Usage(13, 7, 0)
+
+
+def test_the_final_usage_chunk_wins_over_the_sum():
+    meter = StreamMeter(keep_chunk_usage=False, keep_final_usage=False, choices_per_prompt=2)
+    meter.feed(completion_chunk(0, "a", usage_of(7, 1)) + completion_chunk(1, "b", usage_of(7, 1))
+               + chunk(None, usage_of(7, 2, cached=0), final=True))
+    assert meter.usage() == Usage(7, 2, 0)

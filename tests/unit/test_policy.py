@@ -115,7 +115,8 @@ def test_rendered_manifests_pass_every_policy(overrides):
 def test_what_each_stack_registers_passes_every_policy(stack):
     mocks = testing.install()
     config = yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
-    secrets = {"inferplane:apiKeysJson": json.dumps({"version": 1, "keys": []})}
+    secrets = {"inferplane:apiKeysJson": json.dumps({"version": 1, "keys": []}),
+               "inferplane:ledgerDbPassword": "test-only-ledger-password-0123456789"}
     testing.set_stack_config(config | secrets, tuple(secrets))
     testing.run_stack_program(REPO / "stacks" / "__main__.py")
     provider_props = {k.split(":")[1]: v for k, v in config.items() if not k.startswith("inferplane:")}

@@ -81,6 +81,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
                                        "token": "mock-token", "clusterCaCertificate": _CA}]
         elif args.typ == "aws:eks/nodeGroup:NodeGroup":
             outputs.setdefault("nodeGroupName", args.name)
+        elif args.typ == "scaleway:databases/instance:Instance" and \
+                isinstance(outputs.get("privateNetwork"), dict):
+            # Scaleway reports the endpoint it gave the database on the Private Network.
+            outputs["privateNetwork"] = {"ip": "172.16.4.2", "port": 5432,
+                                         **outputs["privateNetwork"]}
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:

@@ -56,7 +56,9 @@ from inferplane.ledger.records import UsageRecord, price
 from inferplane.gateway.settings import GatewaySettings, ModelRoute
 from inferplane.gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 from inferplane.gateway.validation import (
+    invalid_json_depth,
     parse_json_object,
+    redacted,
     request_fields,
     shown,
     unknown_model,
@@ -69,6 +71,7 @@ log = logging.getLogger("inferplane.gateway")
 SERVED_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 SERVED_LIST = ", ".join(SERVED_PATHS)
 BUDGET_REFRESH_SECONDS = 30.0
+UNKNOWN_MODEL = "(unknown)"  # the model of a record whose request named no served model
 WATCH_DISCONNECT_AFTER_SECONDS = 0.02
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 _PROCESS_PREFIX = os.urandom(7).hex()  # new at every start: ids never repeat across restarts
@@ -354,6 +357,16 @@ class GatewayApp:
                 await send_body(send, 404, [_JSON], error.body())
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await self._refuse_websocket(scope, receive, send)
+
+    @staticmethod
+    async def _refuse_websocket(scope: dict, receive: Any, send: Any) -> None:
+        """Nothing here is served over WebSocket (it could not be metered): the handshake is
+        refused, which uvicorn answers with 403. (Its denial-response extension would allow an
+        OpenAI-shaped body, but uvicorn's sans-I/O implementation logs that as an error.)"""
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -438,8 +451,8 @@ class GatewayApp:
                 forward.append((name.decode(), value.decode("latin-1")))
         path = scope["path"]
         served_method = SERVED_PATHS.get(path)
-        if served_method is None:  # never logged or recorded raw: it may hold CR/LF
-            path = shown(repr(path)[1:-1])
+        if served_method is None:  # never logged or recorded raw: it may hold CR/LF or a key
+            path = shown(redacted(repr(path)[1:-1]))
         ex = Exchange(new_request_id(client_request_id), scope["method"], path,
                       time.perf_counter(), datetime.now(timezone.utc))
         forward.append(("x-request-id", ex.request_id))
@@ -491,7 +504,11 @@ class GatewayApp:
         fields = request_fields(payload)
         route = self.routes.get(fields.model)
         if route is None:
-            ex.model = shown(fields.model)  # recorded as asked, but bounded in length
+            # The ledger gets a fixed value, never the client's text (it reaches reports and
+            # CSVs); the name asked for goes to the log, escaped and bounded.
+            ex.model = UNKNOWN_MODEL
+            log.info("request %s asked for an unknown model %s", ex.request_id,
+                     shown(ascii(fields.model)))
             raise unknown_model(fields.model, list(self.routes))
         ex.model, ex.route = fields.model, route
         assert ex.key is not None
@@ -510,12 +527,15 @@ class GatewayApp:
                                          "continuous_usage_stats": True}
             rewritten = True
         if rewritten:
-            body = orjson.dumps(payload)
+            try:
+                body = orjson.dumps(payload)
+            except orjson.JSONEncodeError:  # orjson writes less depth than it reads
+                raise invalid_json_depth() from None
         prompt_estimate = estimate_prompt_tokens(len(body))
         cap = fields.max_tokens
         if cap is None:
             cap = max(0, self.max_model_len[route.served_name] - prompt_estimate)
-        completion_cap = cap * fields.choices
+        completion_cap = cap * fields.generations  # n (or best_of) choices of every prompt
         if self.writer.backlog_full:
             raise GatewayError(503, "Usage metering is backed up; retry shortly.",
                                type="server_error", code="metering_unavailable",
@@ -531,29 +551,33 @@ class GatewayApp:
             ex.key, prompt_estimate + completion_cap,
             price(prompt_estimate, completion_cap, route.input_price_per_million,
                   route.output_price_per_million), time.time())
-        path_qs = ex.path + ("?" + scope["query_string"].decode("latin-1")
-                             if scope["query_string"] else "")
         # From here on, a client that goes away cancels this task: the upstream client then
         # closes its connection, which makes vLLM stop generating (as if the client were its own).
         # The watcher is a task of its own, started only once a request outlives a few
         # milliseconds: short answers (and every benchmark of the fast path) never pay for it.
-        self._watchers.watch(ex, receive, asyncio.current_task(), delayed=not fields.stream)
+        # A whole (non-streamed) response is not aborted: vLLM reports no usage for an aborted
+        # one, so the gateway reads it to the end and bills all of it (status 499); see
+        # docs/metering.md.
+        self._watchers.watch(ex, receive, asyncio.current_task() if fields.stream else None,
+                             delayed=not fields.stream)
         try:
-            response = await self.upstream.open("POST", path_qs, forward, body)
+            # Only the canonical path goes upstream, never the query string: vLLM takes nothing
+            # from it, and whatever a client puts there (a pasted key) stays out of vLLM's logs.
+            response = await self.upstream.open("POST", ex.path, forward, body)
             try:
                 if fields.stream and response.status == 200 and \
                         response.content_type == "text/event-stream":
                     await self._relay_stream(
                         ex, response, send,
                         keep_chunk_usage=fields.continuous_usage,
-                        keep_final_usage=fields.include_usage)
+                        keep_final_usage=fields.include_usage, choices_per_prompt=fields.n)
                 else:
                     await self._relay_body(ex, response, send)
             finally:
                 response.release()
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if not ex.client_gone or task is None:
+            if not (ex.client_gone and fields.stream) or task is None:
                 raise  # the server is shutting down, not the client leaving
             task.uncancel()
             await self._client_left(ex)
@@ -562,9 +586,7 @@ class GatewayApp:
 
     async def _get(self, ex: Exchange, scope: dict, send: Any,
                    forward: list[tuple[str, str]]) -> None:
-        path_qs = ex.path + ("?" + scope["query_string"].decode("latin-1")
-                             if scope["query_string"] else "")
-        response = await self.upstream.open("GET", path_qs, forward, None)
+        response = await self.upstream.open("GET", ex.path, forward, None)  # no query string
         try:
             data = await self._read_upstream(response)
         finally:
@@ -654,17 +676,18 @@ class GatewayApp:
             content_type = response.header(b"content-type", b"application/json")
             if ex.usage is not None and ex.usage.completion_tokens:
                 ex.ttft_seconds = time.perf_counter() - ex.started  # the client's first token
-        ex.status = status
+        ex.status = 499 if ex.client_gone else status
         if not await self._record(ex):
             raise self._unmetered()
         ex.response_started = ex.response_complete = True
         await send_body(send, status, self._response_headers(ex, content_type), data)
 
     async def _relay_stream(self, ex: Exchange, response: UpstreamResponse, send: Any,
-                            keep_chunk_usage: bool, keep_final_usage: bool) -> None:
+                            keep_chunk_usage: bool, keep_final_usage: bool,
+                            choices_per_prompt: int) -> None:
         """Forward SSE events as they arrive; the final `[DONE]` only after the record commits."""
         ex.streamed = True
-        ex.meter = meter = StreamMeter(keep_chunk_usage, keep_final_usage)
+        ex.meter = meter = StreamMeter(keep_chunk_usage, keep_final_usage, choices_per_prompt)
         content_type = response.header(b"content-type", b"text/event-stream")
         await send({"type": "http.response.start", "status": 200, "headers": [
             *self._response_headers(ex, content_type), (b"cache-control", b"no-cache"),
@@ -705,17 +728,19 @@ class GatewayApp:
 
     @staticmethod
     async def watch_disconnect(ex: Exchange, receive: Any, task: asyncio.Task | None) -> None:
-        """Cancel `task` when the client disconnects before its response is complete."""
+        """Mark `ex` as left when the client disconnects before its response is complete, and
+        cancel `task` (a stream's: vLLM then aborts) when one is given."""
         # After the body, receive() only returns when the client goes (or the response is done).
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not ex.response_complete and task is not None:
+        if not ex.response_complete:
             ex.client_gone = True
-            task.cancel()
+            if task is not None:
+                task.cancel()
 
     async def _client_left(self, ex: Exchange) -> None:
-        """Bill a request whose client went away: what the stream had generated by then (vLLM's
-        continuous usage of the last chunk seen), nothing for an unfinished whole response."""
+        """Bill a stream whose client went away: what it had generated by then (vLLM's continuous
+        usage of the last chunk seen of every choice)."""
         ex.status = 499
         if ex.meter is not None and ex.usage is None:
             ex.usage = ex.meter.usage()

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 import yaml
 
+from inferplane.reports.cells import safe_cell
 from inferplane.gateway.keys import (
     KeyEntry,
     KeysFile,
@@ -181,10 +182,11 @@ def list_command(
     header = ("ID", "TENANT", "NAME", "STATUS", "CREATED", "EXPIRES", "MODELS", "RPM", "TPM",
               "BUDGET")
     rows = [header] + [(
-        entry.id, entry.tenant, entry.name or "-", _status(entry, now),
+        entry.id, safe_cell(entry.tenant), safe_cell(entry.name) if entry.name else "-",
+        _status(entry, now),
         entry.created_at.strftime("%Y-%m-%d"),
         entry.expires_at.strftime("%Y-%m-%d %H:%M") if entry.expires_at else "never",
-        ",".join(entry.models) or "all", str(entry.rpm or "-"), str(entry.tpm or "-"),
+        safe_cell(",".join(entry.models)) or "all", str(entry.rpm or "-"), str(entry.tpm or "-"),
         str(entry.monthly_budget) if entry.monthly_budget is not None else "-",
     ) for entry in keys_file.keys]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

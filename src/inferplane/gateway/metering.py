@@ -8,8 +8,14 @@ re-serialising a chunk:
   (`"choices":[]`) is dropped;
 - asked for `include_usage` only: `usage` is cut out of the content chunks, the final one is kept;
 - asked for both: chunks pass unchanged.
-Only the last chunk's usage is ever parsed (when the stream ends), so the per-chunk cost is a
-substring search. The `data: [DONE]` event is held back until the usage record is committed.
+
+Only the top-level `usage` member of an event counts: each event is parsed (orjson, about a
+microsecond for a token chunk), so a `"usage":` inside generated text, a token `usage` among
+`top_logprobs` keys, or any other nesting can neither hide nor forge usage. vLLM's continuous usage
+on a chunk covers that chunk's choice only (one prompt's tokens and that choice's completion), so
+a stream cut short is billed the sum over choices (prompt tokens once per prompt); the final
+usage-only chunk, when it arrives, is vLLM's own total and wins. The `data: [DONE]` event is held
+back until the usage record is committed.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from dataclasses import dataclass
 
 import orjson
 
-_USAGE = b'"usage":'
+_DATA = b"data: "
 _DONE = b"data: [DONE]"
-_EMPTY_CHOICES = re.compile(rb'"choices":\s*\[\s*\]')
-_EMPTY_CHOICES_COMPACT = b'"choices":[]'  # how vLLM writes it
+_USAGE_KEY = b'"usage"'
 _SEPARATOR = b"\n\n"
 # An event larger than this without a separator is not SSE as vLLM writes it: pass it on raw.
 _MAX_PENDING_BYTES = 4 * 1024 * 1024
+# A JSON string (escapes included) or a bracket: enough to walk an object's top level in C.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', re.DOTALL)
+_SPACE = b" \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -56,83 +64,81 @@ def usage_from_mapping(usage: object) -> Usage | None:
     return Usage(_count(prompt), _count(completion), _count(cached))
 
 
-def _value_end(data: bytes, start: int) -> int:
-    """End offset of the `usage` value (null or an object) starting at `start`; -1 if not."""
-    n = len(data)
-    while start < n and data[start] in b" \t\r\n":
-        start += 1
-    if data.startswith(b"null", start):
-        return start + 4
-    if start >= n or data[start] != 0x7B:  # "{"
-        return -1
-    # vLLM's usage holds numbers and objects of numbers, no strings with braces: match braces
-    # with bytes.find (C speed) rather than a byte-by-byte loop.
-    depth, index = 1, start + 1
-    while True:
-        close = data.find(b"}", index)
-        if close < 0:
-            return -1
-        opening = data.find(b"{", index, close)
-        if opening < 0:
-            depth -= 1
-            if depth == 0:
-                return close + 1
-            index = close + 1
-        else:
-            depth += 1
-            index = opening + 1
-
-
-def _parse_usage_at(data: bytes, key_at: int) -> Usage | None:
-    start = key_at + len(_USAGE)
-    end = _value_end(data, start)
-    if end < 0:
-        return None
-    try:
-        return usage_from_mapping(orjson.loads(data[start:end]))
-    except ValueError:
-        return None
-
-
 def usage_from_body(body: bytes) -> Usage | None:
-    """The usage of a whole JSON response (vLLM puts `usage` last, so search from the end)."""
-    key_at = body.rfind(_USAGE)
-    if key_at < 0:
+    """The top-level usage of a whole JSON response (parsed, so nothing nested can pose as it)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
-    return _parse_usage_at(body, key_at)
+    return usage_from_mapping(data.get("usage")) if isinstance(data, dict) else None
+
+
+def _skip_space(data: bytes, index: int) -> int:
+    while index < len(data) and data[index] in _SPACE:
+        index += 1
+    return index
+
+
+def top_level_member_span(event: bytes, key: bytes = _USAGE_KEY) -> tuple[int, int] | None:
+    """(start of the key, end of the value) of the top-level member `key` (quoted, e.g.
+    b'"usage"') of the JSON object in `event`; strings and nested values are skipped whole.
+    None when there is no such member or its value is neither null nor an object."""
+    depth = 0
+    key_at = -1
+    for match in _JSON_TOKEN.finditer(event):
+        start = match.start()
+        char = event[start]
+        if char == 0x22:  # a string: a key of the top-level object?
+            if depth == 1 and key_at < 0 and match.end() - start == len(key) and \
+                    event.startswith(key, start):
+                colon = _skip_space(event, match.end())
+                if colon < len(event) and event[colon] == 0x3A:  # ":"
+                    value_at = _skip_space(event, colon + 1)
+                    if event.startswith(b"null", value_at):
+                        return start, value_at + 4
+                    if value_at >= len(event) or event[value_at] != 0x7B:  # "{"
+                        return None
+                    key_at = start
+        elif char in b"{[":
+            depth += 1
+        else:
+            depth -= 1
+            if key_at >= 0 and depth == 1:
+                return key_at, match.end()
+    return None
 
 
 def strip_usage_member(event: bytes) -> bytes:
     """The event without its top-level `"usage": ...` member (bytes otherwise unchanged)."""
-    key_at = event.find(_USAGE)
-    if key_at < 0:
+    span = top_level_member_span(event)
+    if span is None:
         return event
-    end = _value_end(event, key_at + len(_USAGE))
-    if end < 0:
-        return event
+    key_at, end = span
     before = key_at
-    while before > 0 and event[before - 1] in b" \t\r\n":
+    while before > 0 and event[before - 1] in _SPACE:
         before -= 1
     if before > 0 and event[before - 1] == 0x2C:  # ",": usage was not the first member
         return event[:before - 1] + event[end:]
-    after = end
-    while after < len(event) and event[after] in b" \t\r\n":
-        after += 1
+    after = _skip_space(event, end)
     if after < len(event) and event[after] == 0x2C:
-        after += 1
-        while after < len(event) and event[after] in b" \t\r\n":
-            after += 1
+        after = _skip_space(event, after + 1)
     return event[:key_at] + event[after:]
 
 
 class StreamMeter:
-    """Splits an SSE byte stream into events, tracks the latest usage, strips what was not asked."""
+    """Splits an SSE byte stream into events, tracks usage per choice, strips what was not asked.
 
-    def __init__(self, keep_chunk_usage: bool, keep_final_usage: bool) -> None:
+    `choices_per_prompt` is the request's `n`: on /v1/completions with a list of prompts, vLLM
+    numbers the choices prompt by prompt (index = prompt * n + choice)."""
+
+    def __init__(self, keep_chunk_usage: bool, keep_final_usage: bool,
+                 choices_per_prompt: int = 1) -> None:
         self.keep_chunk_usage = keep_chunk_usage
         self.keep_final_usage = keep_final_usage
+        self.choices_per_prompt = max(1, choices_per_prompt)
         self._pending = b""
-        self._last_usage_event: bytes | None = None
+        self._by_choice: dict[int, Usage] = {}  # the latest running usage of each choice
+        self._final: Usage | None = None  # the usage-only chunk: vLLM's total
         self.done_event: bytes | None = None  # held back until the record is written
         self.events = 0
 
@@ -163,16 +169,29 @@ class StreamMeter:
         if event.startswith(_DONE):
             self.done_event = event + _SEPARATOR
             return None
-        key_at = event.find(_USAGE)
-        if key_at < 0:
+        if not event.startswith(_DATA) or _USAGE_KEY not in event:
+            return event  # no usage member can be in it: no need to parse
+        try:
+            chunk = orjson.loads(event[len(_DATA):])
+        except orjson.JSONDecodeError:
             return event
-        value_at = key_at + len(_USAGE)
-        if not (event.startswith(b"null", value_at) or event.startswith(b" null", value_at)):
-            self._last_usage_event = event  # `"usage": null` must not hide the last real one
+        if not isinstance(chunk, dict) or "usage" not in chunk:
+            return event
+        usage = usage_from_mapping(chunk["usage"])
+        choices = chunk.get("choices")
+        final = isinstance(choices, list) and not choices
+        if usage is not None:
+            if final:
+                self._final = usage
+            elif isinstance(choices, list):
+                for choice in choices:
+                    index = choice.get("index") if isinstance(choice, dict) else None
+                    self._by_choice[_count(index)] = usage
+            else:
+                self._by_choice[0] = usage
         if self.keep_chunk_usage:
             return event
-        if _EMPTY_CHOICES_COMPACT in event or (b'"choices": ' in event
-                                                and _EMPTY_CHOICES.search(event)):
+        if final:
             return event if self.keep_final_usage else None
         return strip_usage_member(event)
 
@@ -182,7 +201,16 @@ class StreamMeter:
         return rest
 
     def usage(self) -> Usage | None:
-        """The usage in the last chunk that had one (parsed only now)."""
-        if self._last_usage_event is None:
+        """vLLM's total when the stream got that far; else the sum of the choices' running usage
+        (completion tokens of every choice, prompt tokens once per prompt)."""
+        if self._final is not None:
+            return self._final
+        if not self._by_choice:
             return None
-        return _parse_usage_at(self._last_usage_event, self._last_usage_event.find(_USAGE))
+        prompts: dict[int, Usage] = {}
+        completion = 0
+        for index, usage in self._by_choice.items():
+            completion += usage.completion_tokens
+            prompts[index // self.choices_per_prompt] = usage
+        return Usage(sum(usage.prompt_tokens for usage in prompts.values()), completion,
+                     sum(usage.cached_tokens for usage in prompts.values()))

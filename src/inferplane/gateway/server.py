@@ -11,6 +11,7 @@ import uvicorn
 from inferplane.sockets import bind_socket, socket_url  # noqa: F401 (re-exported)
 
 from inferplane.gateway.app import GatewayApp
+from inferplane.gateway.http_limits import RequestLimits, bounded_protocol
 from inferplane.gateway.settings import GatewaySettings
 
 # Longer than the ingress' upstream keep-alive (nginx: 60 s), so that the proxy, not the
@@ -20,14 +21,22 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def gateway_server(app: GatewayApp | Callable, *, log_level: str = "info",
-                   graceful_shutdown_seconds: float | None = None) -> uvicorn.Server:
+                   graceful_shutdown_seconds: float | None = None,
+                   limits: RequestLimits | None = None) -> uvicorn.Server:
     """A uvicorn server for `app` (the gateway, or any ASGI app served the same way, as
     bench/floor_proxy.py does). Its own access log is off: the gateway writes one line per
-    request without the query string or any header (see app.py)."""
+    request without the query string or any header (see app.py). Request heads and bodies are
+    bounded in size and time by `limits` (the gateway's settings by default)."""
+    if limits is None:
+        settings = getattr(app, "settings", None)
+        limits = RequestLimits() if not isinstance(settings, GatewaySettings) else RequestLimits(
+            settings.max_header_bytes, settings.header_timeout_seconds,
+            settings.body_timeout_seconds)
     config = uvicorn.Config(
         app,
         loop="auto",
-        http="auto",
+        http=bounded_protocol(limits),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         lifespan="on",
         access_log=False,
         log_level=log_level,

@@ -44,6 +44,10 @@ class GatewaySettings(BaseModel):
     upstream_url: str = "http://127.0.0.1:8000"
     upstream_timeout_seconds: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Slow or oversized request heads and slow bodies (gateway/http_limits.py): 431 / 408.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(60.0, gt=0)
     currency: str = "USD"
     models: list[ModelRoute]
     auth_enabled: bool = True

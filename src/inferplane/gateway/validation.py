@@ -6,6 +6,7 @@ else is vLLM's to validate, and its 400s reach the client in the OpenAI shape.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +30,18 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         if "UTF-8" in reason:
             message = "The request body is not UTF-8 encoded JSON."
         elif reason.startswith("depth limit exceeded") or "recursion" in reason:
-            message = "The request body is nested too deeply."
+            raise invalid_json_depth() from None
         else:
             message = f"The request body is not valid JSON (at character {error.pos})."
         raise invalid_request(message, code="invalid_json") from None
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     return payload
+
+
+def invalid_json_depth() -> GatewayError:
+    """400 for a body nested deeper than the gateway reads or writes JSON."""
+    return invalid_request("The request body is nested too deeply.", code="invalid_json")
 
 
 def _optional_bool(payload: dict[str, Any], name: str, param: str | None = None) -> bool | None:
@@ -67,7 +73,14 @@ class RequestFields:
     include_usage: bool  # the client asked for the final usage chunk
     continuous_usage: bool  # ... and for usage on every chunk
     max_tokens: int | None
-    choices: int  # n (or best_of when larger): completions generated per request
+    choices: int  # n (or best_of when larger): completions generated per prompt
+    n: int  # choices returned per prompt (how vLLM numbers streamed choices)
+    prompts: int = 1  # /v1/completions takes a list of prompts: each is generated on its own
+
+    @property
+    def generations(self) -> int:
+        """Completions generated in all: the admission reservation multiplies by this."""
+        return self.choices * self.prompts
 
 
 def request_fields(payload: dict[str, Any]) -> RequestFields:
@@ -87,14 +100,37 @@ def request_fields(payload: dict[str, Any]) -> RequestFields:
                                             "stream_options.include_usage"))
         continuous = include_usage and bool(_optional_bool(
             options, "continuous_usage_stats", "stream_options.continuous_usage_stats"))
-    max_tokens = _optional_count(payload, "max_completion_tokens", 0)
+    # A cap of 0 would reserve nothing while vLLM reads it as "not set" (older versions) or
+    # refuses it: refused here, so the reservation always covers what vLLM may generate. The one
+    # exception is vLLM's echo-only scoring on /v1/completions (`echo` with `max_tokens: 0`).
+    echo_only = payload.get("echo") is True and "prompt" in payload
+    max_tokens = _optional_count(payload, "max_completion_tokens", 1)
     if max_tokens is None:
-        max_tokens = _optional_count(payload, "max_tokens", 0)
+        max_tokens = _optional_count(payload, "max_tokens", 0 if echo_only else 1)
     else:
-        _optional_count(payload, "max_tokens", 0)
+        _optional_count(payload, "max_tokens", 0 if echo_only else 1)
     n = _optional_count(payload, "n", 1) or 1
     best_of = _optional_count(payload, "best_of", 1) or 1
-    return RequestFields(model, stream, include_usage, continuous, max_tokens, max(n, best_of))
+    return RequestFields(model, stream, include_usage, continuous, max_tokens, max(n, best_of),
+                         n, prompt_count(payload.get("prompt")))
+
+
+def prompt_count(prompt: Any) -> int:
+    """How many prompts a /v1/completions `prompt` holds: a list of strings or of token-id
+    lists is a batch (vLLM generates for each); a string or one token-id list is one."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        return len(prompt)
+    return 1
+
+
+# What might be a secret in a path a client typed: our key prefix, or any long unbroken run of
+# the characters keys and tokens are made of (ours are 46 characters of base64url after "ip-").
+_KEY_LIKE = re.compile(r"ip-[A-Za-z0-9_\-]*|[A-Za-z0-9_\-+/=.~%]{20,}")
+
+
+def redacted(value: str) -> str:
+    """`value` with every run that could be a key replaced: for paths that reach logs or records."""
+    return _KEY_LIKE.sub("[redacted]", value)
 
 
 def shown(value: str, limit: int = 80) -> str:

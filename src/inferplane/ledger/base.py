@@ -13,8 +13,18 @@ from inferplane.ledger.records import UsageRecord
 
 # What `summary()` can group by; `day` and `month` are UTC calendar periods of `created_at`.
 # The prices (as the decimal text they were recorded with) let an invoice show one line per price.
+# `outcome` is "served" or "refused" (REFUSED_SQL), `status` the HTTP status the client got.
 SUMMARY_GROUPS = ("key_id", "tenant", "model", "endpoint", "day", "month",
-                  "input_price_per_million", "output_price_per_million")
+                  "input_price_per_million", "output_price_per_million", "outcome", "status")
+# A refused request never reached the model: the gateway (or vLLM) answered 4xx before
+# generating. 499 (the client left) is served: it is billed for what was generated.
+REFUSED_SQL = "(status >= 400 AND status < 500 AND status <> 499)"
+OUTCOME_SQL = f"CASE WHEN {REFUSED_SQL} THEN 'refused' ELSE 'served' END"
+
+
+def is_refused(status: int) -> bool:
+    """The Python side of REFUSED_SQL."""
+    return 400 <= status < 500 and status != 499
 
 # Fields a database column holds; `recorded_at` (commit time) exists only in the tables.
 RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
@@ -80,8 +90,9 @@ class Ledger(ABC):
     @abstractmethod
     def summary(self, group_by: Sequence[str] = ("key_id", "model", "day"),
                 since: datetime | date | None = None, until: datetime | date | None = None,
-                key_id: str | None = None) -> list[UsageSummaryRow]:
-        """Token, request and exact cost totals per group (always also per currency)."""
+                key_id: str | None = None, served_only: bool = False) -> list[UsageSummaryRow]:
+        """Token, request and exact cost totals per group (always also per currency);
+        `served_only` leaves refused requests out (invoices)."""
 
     @abstractmethod
     def count(self) -> int:

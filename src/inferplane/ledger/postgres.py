@@ -15,7 +15,9 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from inferplane.ledger.base import (
+    OUTCOME_SQL,
     RECORD_FIELDS,
+    REFUSED_SQL,
     Ledger,
     LedgerError,
     LedgerNotFoundError,
@@ -48,6 +50,8 @@ _GROUP_EXPRESSIONS = {
     # numeric::text keeps the recorded scale ('0.60'), the same text the SQLite ledger groups by.
     "input_price_per_million": "input_price_per_million::text",
     "output_price_per_million": "output_price_per_million::text",
+    "outcome": OUTCOME_SQL,
+    "status": "status",
 }
 # Serialises migrations of replicas that start at the same time (any constant; "infp" in ASCII).
 _MIGRATION_LOCK_ID = 0x696E6670
@@ -90,8 +94,8 @@ def _decode(row: tuple[Any, ...]) -> UsageRecord:
 
 
 def _where(since: datetime | date | None, until: datetime | date | None,
-           key_id: str | None) -> tuple[str, list[object]]:
-    clauses: list[str] = []
+           key_id: str | None, served_only: bool = False) -> tuple[str, list[object]]:
+    clauses: list[str] = [f"NOT {REFUSED_SQL}"] if served_only else []
     params: list[object] = []
     if since is not None:
         clauses.append("created_at >= %s")
@@ -239,10 +243,10 @@ class PostgresLedger(Ledger):
 
     def summary(self, group_by: Sequence[str] = ("key_id", "model", "day"),
                 since: datetime | date | None = None, until: datetime | date | None = None,
-                key_id: str | None = None) -> list[UsageSummaryRow]:
+                key_id: str | None = None, served_only: bool = False) -> list[UsageSummaryRow]:
         groups = check_group_by(group_by)
         expressions = [_GROUP_EXPRESSIONS[name] for name in groups] + ["currency"]
-        where, params = _where(since, until, key_id)
+        where, params = _where(since, until, key_id, served_only)
         listed = ", ".join(expressions)
         rows = self._query(
             f"SELECT {listed}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Sequence
 
 from inferplane.ledger.base import (
+    OUTCOME_SQL,
     RECORD_FIELDS,
+    REFUSED_SQL,
     Ledger,
     LedgerError,
     LedgerNotFoundError,
@@ -56,6 +58,8 @@ _GROUP_EXPRESSIONS = {
     "month": "substr(created_at, 1, 7)",
     "input_price_per_million": "input_price_per_million",  # TEXT, as recorded
     "output_price_per_million": "output_price_per_million",
+    "outcome": OUTCOME_SQL,
+    "status": "status",
 }
 # Inline commits, or records, between two checkpoints, whichever comes first. A lone record's
 # commit writes ~4 WAL pages (16 KB); in the soak's group commits a record costs ~7 KB. Either
@@ -117,8 +121,8 @@ def _decode(row: sqlite3.Row | tuple) -> UsageRecord:
 
 
 def _where(since: datetime | date | None, until: datetime | date | None,
-           key_id: str | None) -> tuple[str, list[object]]:
-    clauses: list[str] = []
+           key_id: str | None, served_only: bool = False) -> tuple[str, list[object]]:
+    clauses: list[str] = [f"NOT {REFUSED_SQL}"] if served_only else []
     params: list[object] = []
     if since is not None:
         clauses.append("created_at >= ?")
@@ -338,11 +342,11 @@ class SQLiteLedger(Ledger):
 
     def summary(self, group_by: Sequence[str] = ("key_id", "model", "day"),
                 since: datetime | date | None = None, until: datetime | date | None = None,
-                key_id: str | None = None) -> list[UsageSummaryRow]:
+                key_id: str | None = None, served_only: bool = False) -> list[UsageSummaryRow]:
         self._check_open()
         groups = check_group_by(group_by)
         expressions = [_GROUP_EXPRESSIONS[name] for name in groups] + ["currency"]
-        where, params = _where(since, until, key_id)
+        where, params = _where(since, until, key_id, served_only)
         listed = ", ".join(expressions)
         query = (f"SELECT {listed}, count(*), sum(prompt_tokens), sum(completion_tokens), "
                  f"sum(cached_tokens), decimal_sum(cost) FROM usage_records{where} "

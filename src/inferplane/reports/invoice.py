@@ -25,11 +25,13 @@ import typer
 
 from inferplane.ledger import Ledger, LedgerError, UsageSummaryRow
 from inferplane.reports import LedgerOption, open_for_report
+from inferplane.reports.cells import safe_cell
 
 LINE_GROUPS = ("tenant", "key_id", "model", "input_price_per_million", "output_price_per_million")
 LINE_COLUMNS = ("month", "tenant", "key_id", "model", "currency", "input_price_per_million",
                 "output_price_per_million", "requests", "prompt_tokens", "completion_tokens",
                 "cached_tokens", "cost")
+_TEXT_COLUMNS = ("tenant", "key_id", "model", "currency")
 OUTPUT_FORMATS = ("csv", "json")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _EXACT = decimal.Context(prec=200, traps=[decimal.Inexact, decimal.Overflow, decimal.InvalidOperation])
@@ -81,7 +83,9 @@ def month_bounds(month: str) -> tuple[date, date]:
 def build_invoice(ledger: Ledger, month: str) -> Invoice:
     """Query the lines and, separately, the totals; raise InvoiceMismatchError if they disagree."""
     since, until = month_bounds(month)
-    rows = ledger.summary(group_by=LINE_GROUPS, since=since, until=until)
+    # Refused requests (4xx before the model ran: unknown models, limits, bad requests) are no
+    # invoice lines; they cost nothing and `inferplane usage --by outcome` counts them.
+    rows = ledger.summary(group_by=LINE_GROUPS, since=since, until=until, served_only=True)
     lines = [InvoiceLine(
         tenant=row.group["tenant"], key_id=row.group["key_id"], model=row.group["model"],
         currency=row.currency,
@@ -90,8 +94,8 @@ def build_invoice(ledger: Ledger, month: str) -> Invoice:
         requests=row.requests, prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens, cached_tokens=row.cached_tokens,
         cost=Decimal(row.cost)) for row in rows]
-    tenants = ledger.summary(group_by=("tenant",), since=since, until=until)
-    totals = ledger.summary(group_by=(), since=since, until=until)
+    tenants = ledger.summary(group_by=("tenant",), since=since, until=until, served_only=True)
+    totals = ledger.summary(group_by=(), since=since, until=until, served_only=True)
     invoice = Invoice(month, since, until, lines, tenants, totals)
     check_invoice(invoice)
     return invoice
@@ -153,7 +157,8 @@ def render_csv(invoice: Invoice) -> str:
     writer.writerow(LINE_COLUMNS)
     for line in invoice.lines:
         values = _line_dict(invoice, line)
-        writer.writerow([values[name] for name in LINE_COLUMNS])
+        writer.writerow([safe_cell(values[name]) if name in _TEXT_COLUMNS else values[name]
+                         for name in LINE_COLUMNS])
     return buffer.getvalue()
 
 

@@ -18,12 +18,18 @@ import typer
 
 from inferplane.ledger import SUMMARY_GROUPS, Ledger, LedgerError, UsageSummaryRow
 from inferplane.reports import LedgerOption, open_for_report
+from inferplane.reports.cells import safe_cell
 
 # What users type after --by, and the header each group gets in the table.
 GROUP_ALIASES = {"key": "key_id", "key_id": "key_id", "tenant": "tenant", "model": "model",
-                 "endpoint": "endpoint", "day": "day", "month": "month"}
+                 "endpoint": "endpoint", "day": "day", "month": "month", "outcome": "outcome",
+                 "status": "status"}
 GROUP_HEADERS = {"key_id": "key", "tenant": "tenant", "model": "model", "endpoint": "endpoint",
-                 "day": "day (UTC)", "month": "month (UTC)"}
+                 "day": "day (UTC)", "month": "month (UTC)", "outcome": "outcome",
+                 "status": "status"}
+# Served requests reached the model (499, the client left, included: it is billed); refused ones
+# were answered 4xx before generating (401/403/404/429, bad requests) and cost nothing.
+DEFAULT_GROUPS = "key,model,day,outcome"
 MEASURES = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -76,7 +82,8 @@ def render_csv(report: UsageReport) -> str:
     writer.writerow([*report.group_by, "currency", *MEASURES])
     for row in report.rows:
         values = _row_dict(row)
-        writer.writerow([values[name] for name in (*report.group_by, "currency", *MEASURES)])
+        writer.writerow([safe_cell(values[name]) if name in report.group_by else values[name]
+                         for name in (*report.group_by, "currency", *MEASURES)])
     return buffer.getvalue()
 
 
@@ -93,7 +100,7 @@ def render_table(report: UsageReport) -> str:
         return label_cells + [f"{row.requests:,}", f"{row.prompt_tokens:,}", f"{row.completion_tokens:,}",
                               f"{row.cached_tokens:,}", _cost(cost), row.currency]
 
-    body = [cells(row, [str(row.group[name]) for name in report.group_by])
+    body = [cells(row, [safe_cell(row.group[name]) for name in report.group_by])
             for row in (report.rows if report.group_by else [])]
     totals = [cells(row, ["TOTAL"] + [""] * (len(labels) - 1)) for row in report.totals]
     widths = [max(len(line[i]) for line in [headers, *body, *totals]) for i in range(len(headers))]
@@ -148,14 +155,16 @@ def usage_command(
     since: Optional[str] = typer.Option(None, "--since", help="First UTC day (YYYY-MM-DD) or ISO-8601 time."),
     until: Optional[str] = typer.Option(None, "--until",
                                         help="Last UTC day, included (YYYY-MM-DD), or an ISO-8601 time (excluded)."),
-    by: str = typer.Option("key,model,day", "--by",
-                           help="Group by any of key, tenant, model, endpoint, day, month ('' = totals only)."),
+    by: str = typer.Option(DEFAULT_GROUPS, "--by",
+                           help="Group by any of key, tenant, model, endpoint, day, month, outcome "
+                                "(served/refused), status ('' = totals only)."),
     output: str = typer.Option("table", "--output", "-o", help="table, csv or json"),
 ) -> None:
-    """Report usage by key, model and day: requests, tokens and exact cost totals.
+    """Report usage by key, model, day and outcome (served or refused): requests, tokens and
+    exact cost totals.
 
     \b
-    Example:  inferplane usage --since 2026-11-01 --by key,model -o csv
+    Example:  inferplane usage --since 2026-11-01 --by key,model,status -o csv
     """
     if output not in OUTPUT_FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(OUTPUT_FORMATS)}, not {output!r}", param_hint="--output")

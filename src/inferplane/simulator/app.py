@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from inferplane.simulator.engine import Generation, SimulatedEngine
+from inferplane.simulator.engine import Plan, SimulatedEngine
 from inferplane.simulator.protocol import (
     ChatCompletionRequest,
     ClientError,
@@ -74,11 +74,11 @@ def create_app(settings: SimulatorSettings) -> Starlette:
         try:
             body = parse_request(ChatCompletionRequest if chat else CompletionRequest,
                                  await _read_body(request))
-            generation = engine.plan_chat(body) if chat else engine.plan_completion(body)
+            plan = engine.plan_chat(body) if chat else engine.plan_completion(body)
         except ClientError as error:
             return error_response(error)
         rid = request_id("chatcmpl" if chat else "cmpl", request.headers.get("x-request-id"))
-        return _respond(engine, generation, body, rid, chat=chat, delayed=delayed, details=details)
+        return _respond(engine, plan, body, rid, chat=chat, delayed=delayed, details=details)
 
     async def chat_completions(request: Request):
         return await generate(request, chat=True)
@@ -114,40 +114,56 @@ async def _read_body(request: Request) -> bytes:
         raise ClientError("the client disconnected before sending the whole body", 499) from None
 
 
-def _respond(engine: SimulatedEngine, generation: Generation, body, rid: str, *, chat: bool,
+def _respond(engine: SimulatedEngine, plan: Plan, body, rid: str, *, chat: bool,
              delayed: bool, details: bool):
     make_body = chat_completion_body if chat else completion_body
     if body.stream:
         options = body.stream_options
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options.continuous_usage_stats)
-        writer = ChunkWriter(generation, rid, chat, include_usage, continuous, details)
-        return CancellableResponse(lambda send: _stream(engine, generation, writer, send))
+        writers = [ChunkWriter(generation, rid, chat, include_usage, continuous, details)
+                   for generation in plan.generations]
+        return CancellableResponse(lambda send: _stream(engine, plan, writers, send))
     if not delayed:
-        return _ImmediateResponse(engine, generation, make_body, rid, details)
+        return _ImmediateResponse(engine, plan, make_body, rid, details)
     return CancellableResponse(
-        lambda send: _delayed_body(engine, generation, make_body, rid, details, send))
+        lambda send: _delayed_body(engine, plan, make_body, rid, details, send))
+
+
+async def _admit(engine: SimulatedEngine, plan: Plan) -> int:
+    """Batch slots for every sequence of the plan; how many were taken (to release on abort)."""
+    taken = 0
+    try:
+        for generation in plan.generations:
+            await engine.admit(generation)
+            taken += 1
+    except BaseException:
+        for generation in plan.generations[:taken]:
+            engine.finish(generation, 0, "abort", None)
+        raise
+    return taken
 
 
 class _ImmediateResponse:
     """Zero-latency, non-streamed: the whole request without a task or a sleep (benchmark path)."""
 
-    def __init__(self, engine, generation, make_body, rid, details) -> None:
-        self.args = (engine, generation, make_body, rid, details)
+    def __init__(self, engine, plan, make_body, rid, details) -> None:
+        self.args = (engine, plan, make_body, rid, details)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        engine, generation, make_body, rid, details = self.args
-        await engine.admit(generation)
-        first_token_at = None
-        finish_reason = "abort"
-        try:
-            engine.first_token(generation)
-            first_token_at = time.monotonic()
-            finish_reason = generation.finish_reason
-        finally:
-            engine.finish(generation, generation.completion_tokens if first_token_at else 0,
-                          finish_reason, first_token_at)
-        await _send_json(send, make_body(generation, rid, details))
+        engine, plan, make_body, rid, details = self.args
+        await _admit(engine, plan)
+        for generation in plan.generations:
+            first_token_at = None
+            finish_reason = "abort"
+            try:
+                engine.first_token(generation)
+                first_token_at = time.monotonic()
+                finish_reason = generation.finish_reason
+            finally:
+                engine.finish(generation, generation.completion_tokens if first_token_at else 0,
+                              finish_reason, first_token_at)
+        await _send_json(send, make_body(plan, rid, details))
 
 
 class CancellableResponse:
@@ -183,59 +199,73 @@ async def _sleep_until(deadline: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _stream(engine: SimulatedEngine, generation: Generation, writer: ChunkWriter,
+async def _stream(engine: SimulatedEngine, plan: Plan, writers: list[ChunkWriter],
                   send: Send) -> None:
+    """Every choice advances one token per step, its chunk sent in choice order (as vLLM's
+    batch would emit them)."""
     settings = engine.settings
-    await engine.admit(generation)
-    generated = 0
+    await _admit(engine, plan)
+    generations = plan.generations
+    generated = [0] * len(generations)
     first_token_at = None
-    finish_reason = "abort"
+    finished = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        await _sleep_until(generation.admitted + settings.ttft_seconds)
-        engine.first_token(generation)
+        await _sleep_until(plan.first.admitted + settings.ttft_seconds)
+        for generation in generations:
+            engine.first_token(generation)
         first_token_at = time.monotonic()
-        role = writer.role()
-        if role is not None:
-            await send({"type": "http.response.body", "body": role, "more_body": True})
+        for writer in writers:
+            role = writer.role()
+            if role is not None:
+                await send({"type": "http.response.body", "body": role, "more_body": True})
         itl = settings.inter_token_seconds
-        for index in range(generation.completion_tokens):
+        longest = max(generation.completion_tokens for generation in generations)
+        for index in range(longest):
             if index and itl:
                 await _sleep_until(first_token_at + index * itl)
-            await send({"type": "http.response.body", "body": writer.token(index),
-                        "more_body": True})
-            generated = index + 1
-        final = writer.final_usage()
+            for position, writer in enumerate(writers):
+                if index < generations[position].completion_tokens:
+                    await send({"type": "http.response.body", "body": writer.token(index),
+                                "more_body": True})
+                    generated[position] = index + 1
+        final = writers[0].final_usage(plan)
         if final is not None:
             await send({"type": "http.response.body", "body": final, "more_body": True})
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
-        finish_reason = generation.finish_reason
+        finished = True
     finally:
-        engine.finish(generation, generated, finish_reason, first_token_at)
+        for position, generation in enumerate(generations):
+            engine.finish(generation, generated[position],
+                          generation.finish_reason if finished else "abort", first_token_at)
 
 
-async def _delayed_body(engine: SimulatedEngine, generation: Generation, make_body, rid: str,
+async def _delayed_body(engine: SimulatedEngine, plan: Plan, make_body, rid: str,
                         details: bool, send: Send) -> None:
     settings = engine.settings
-    await engine.admit(generation)
+    await _admit(engine, plan)
     first_token_at = None
     finish_reason = "abort"
     try:
-        await _sleep_until(generation.admitted + settings.ttft_seconds)
-        engine.first_token(generation)
+        await _sleep_until(plan.first.admitted + settings.ttft_seconds)
+        for generation in plan.generations:
+            engine.first_token(generation)
         first_token_at = time.monotonic()
-        count = generation.completion_tokens
+        count = max(generation.completion_tokens for generation in plan.generations)
         await _sleep_until(first_token_at + (count - 1) * settings.inter_token_seconds)
-        finish_reason = generation.finish_reason
+        finish_reason = "done"
     finally:
-        generated = 0
-        if first_token_at is not None:
-            generated = generation.completion_tokens
-            if finish_reason == "abort" and settings.inter_token_seconds:
-                elapsed = time.monotonic() - first_token_at
-                generated = min(generated, 1 + int(elapsed / settings.inter_token_seconds))
-        engine.finish(generation, generated, finish_reason, first_token_at)
-    await _send_json(send, make_body(generation, rid, details))
+        for generation in plan.generations:
+            generated = 0
+            if first_token_at is not None:
+                generated = generation.completion_tokens
+                if finish_reason == "abort" and settings.inter_token_seconds:
+                    elapsed = time.monotonic() - first_token_at
+                    generated = min(generated, 1 + int(elapsed / settings.inter_token_seconds))
+            engine.finish(generation, generated,
+                          generation.finish_reason if finish_reason == "done" else "abort",
+                          first_token_at)
+    await _send_json(send, make_body(plan, rid, details))
 
 
 async def _send_json(send: Send, body: dict) -> None:

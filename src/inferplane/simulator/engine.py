@@ -21,6 +21,7 @@ from inferplane.simulator.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     count_text_tokens,
     message_text,
+    token_pieces,
 )
 
 PREFIX_CACHE_BLOCK_TOKENS = 16  # vLLM's default block size: hits are counted in whole blocks
@@ -42,7 +43,8 @@ class ServedModel:
 
 @dataclass
 class Generation:
-    """One planned request: its prompt accounting and the exact pieces it will emit."""
+    """One planned sequence (a choice of a prompt): its prompt accounting and the exact pieces
+    it will emit."""
 
     model: ServedModel
     prompt_tokens: int
@@ -53,10 +55,39 @@ class Generation:
     prefix_keys: list[tuple[int, int]] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
     admitted: float = 0.0  # when it got a batch slot; prefill (TTFT) starts here
+    index: int = 0  # the choice's index in the response (prompt * n + choice)
+    echo: str = ""  # text put before the first piece (`echo`)
+    echo_pieces: list[str] = field(default_factory=list)  # its tokens (completion logprobs)
+    top_logprobs: int | None = None  # alternatives per token when logprobs were asked for
+    first_of_prompt: bool = True  # counts the prompt in the usage totals
 
     @property
     def completion_tokens(self) -> int:
         return len(self.pieces)
+
+
+@dataclass
+class Plan:
+    """One request: a Generation per choice of every prompt, in vLLM's choice order. Usage
+    totals count each prompt once and every choice's completion."""
+
+    generations: list[Generation]
+
+    @property
+    def first(self) -> Generation:
+        return self.generations[0]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(g.prompt_tokens for g in self.generations if g.first_of_prompt)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(g.cached_tokens for g in self.generations if g.first_of_prompt)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.generations)
 
 
 def reasoning_requested(messages: list, prompts: dict[str, str], default_on: bool) -> bool:
@@ -109,9 +140,10 @@ class SimulatedEngine:
             raise ClientError(f"The model `{name}` does not exist.", 404, param="model")
         return model
 
-    def plan_chat(self, request: ChatCompletionRequest) -> Generation:
+    def plan_chat(self, request: ChatCompletionRequest) -> Plan:
         model = self.resolve_model(request.model)
-        _check_common(request)
+        n = request.n or 1
+        self._check_common(request, n)
         prompt_tokens = CHAT_PRIMER_TOKENS
         texts = []
         boundaries: list[tuple[str, int]] = []
@@ -129,33 +161,55 @@ class SimulatedEngine:
                      else request.max_tokens)
         param = ("max_completion_tokens" if request.max_completion_tokens is not None
                  else "max_tokens")
-        generation = self._plan(model, prompt_tokens, "\x01".join(texts), request, requested, param,
-                                reasoning_tokens, continuation=False)
+        last = request.messages[-1]
+        echo = message_text(last) if request.echo and last.role == "assistant" else ""
+        top = (request.top_logprobs or 0) if request.logprobs else None
+        generations = []
+        for choice in range(n):
+            generation = self._plan(model, prompt_tokens, "\x01".join(texts), request,
+                                    requested, param, reasoning_tokens, continuation=False,
+                                    choice=choice)
+            generation.index, generation.echo, generation.top_logprobs = choice, echo, top
+            generation.first_of_prompt = choice == 0
+            generations.append(generation)
         if self.settings.enable_prompt_tokens_details:
-            self._apply_prefix_cache(generation, boundaries)
-        return generation
+            self._apply_prefix_cache(generations[0], boundaries)
+        return Plan(generations)
 
-    def plan_completion(self, request: CompletionRequest) -> Generation:
+    def plan_completion(self, request: CompletionRequest) -> Plan:
         model = self.resolve_model(request.model)
-        _check_common(request)
-        prompt = request.prompt
-        if isinstance(prompt, str):
-            prompt_tokens = COMPLETION_PRIMER_TOKENS + count_text_tokens(prompt)
-            prompt_text = prompt
-        else:
-            prompt_tokens = len(prompt)
-            prompt_text = ",".join(map(str, prompt))
-        if prompt_tokens == 0:
-            raise ClientError("the prompt is empty; send at least one token", param="prompt")
-        generation = self._plan(model, prompt_tokens, prompt_text, request, request.max_tokens,
-                                "max_tokens", 0, continuation=True)
-        if self.settings.enable_prompt_tokens_details:
-            self._apply_prefix_cache(generation, [(prompt_text, prompt_tokens)])
-        return generation
+        n = request.n or 1
+        self._check_common(request, n * len(request.prompt))
+        generations = []
+        for prompt_index, prompt in enumerate(request.prompt):
+            if isinstance(prompt, str):
+                prompt_tokens = COMPLETION_PRIMER_TOKENS + count_text_tokens(prompt)
+                prompt_text = prompt
+                echo_pieces = token_pieces(prompt)
+            else:
+                prompt_tokens = len(prompt)
+                prompt_text = ",".join(map(str, prompt))
+                echo_pieces = [f"<{token}>" for token in prompt]
+            if prompt_tokens == 0:
+                raise ClientError("the prompt is empty; send at least one token", param="prompt")
+            for choice in range(n):
+                generation = self._plan(model, prompt_tokens, prompt_text, request,
+                                        request.max_tokens, "max_tokens", 0, continuation=True,
+                                        choice=choice)
+                generation.index = prompt_index * n + choice
+                generation.first_of_prompt = choice == 0
+                generation.top_logprobs = request.logprobs
+                if request.echo:
+                    generation.echo = "".join(echo_pieces)
+                    generation.echo_pieces = echo_pieces
+                generations.append(generation)
+            if self.settings.enable_prompt_tokens_details:
+                self._apply_prefix_cache(generations[-n], [(prompt_text, prompt_tokens)])
+        return Plan(generations)
 
     def _plan(self, model: ServedModel, prompt_tokens: int, prompt_text: str, request,
               requested: int | None, param: str, reasoning_tokens: int,
-              continuation: bool) -> Generation:
+              continuation: bool, choice: int = 0) -> Generation:
         max_len = model.max_model_len
         if requested is not None and requested < 1:
             raise ClientError(f"{param} must be at least 1, got {requested}.", param=param)
@@ -178,9 +232,19 @@ class SimulatedEngine:
             length, finish_reason = max_tokens, "length"
         else:
             length, finish_reason = natural, "stop"
-        digest = prompt_digest(prompt_text, request.seed)
+        # Choice 0 keeps the text a single-choice request gets; the others differ.
+        digest = prompt_digest(prompt_text if not choice else f"{prompt_text}\x02{choice}",
+                               request.seed)
         pieces = self.generator.pieces(digest, reasoning_tokens, length, continuation)
         return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason)
+
+    def _check_common(self, request, sequences: int) -> None:
+        if sequences > self.settings.max_num_seqs:
+            raise ClientError(f"this request asks for {sequences} sequences (n times prompts); "
+                              f"the batch holds {self.settings.max_num_seqs}", param="n")
+        if request.stream_options is not None and not request.stream:
+            raise ClientError("Stream options can only be defined when `stream=True`.",
+                              param="stream_options")
 
     def _apply_prefix_cache(self, generation: Generation,
                             boundaries: list[tuple[str, int]]) -> None:
@@ -244,12 +308,3 @@ class SimulatedEngine:
         if first_token_at is not None and generated > 1:
             stats.inter_token.observe((now - first_token_at) / (generated - 1), generated - 1)
         generation.model.slots.release()
-
-
-def _check_common(request) -> None:
-    if request.n not in (None, 1):
-        raise ClientError(f"the simulator generates one choice per request; n must be 1, "
-                          f"got {request.n}", param="n")
-    if request.stream_options is not None and not request.stream:
-        raise ClientError("Stream options can only be defined when `stream=True`.",
-                          param="stream_options")

@@ -94,7 +94,7 @@ class StreamOptions(_Lenient):
 class _GenerationRequest(_Lenient):
     model: str | None = None
     max_tokens: int | None = None
-    n: int | None = 1
+    n: int | None = Field(1, ge=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
@@ -107,23 +107,30 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(0, ge=0, le=20)
+    echo: bool = False  # prepend the last message's content when it is the assistant's
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: Any  # a string, a list of token ids, or a one-element list of either
+    prompt: Any  # a string, a list of token ids, or a list (batch) of either
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = False
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: Any) -> str | list[int]:
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-            value = value[0]  # a batch of one
-        elif isinstance(value, list) and value and isinstance(value[0], (str, list)):
-            raise ValueError("the simulator serves one prompt per request; send a single prompt")
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and all(type(item) is int and item >= 0 for item in value):
-            return value
-        raise ValueError("prompt must be a string or a list of token ids")
+    def _prompts(cls, value: Any) -> list[str | list[int]]:
+        """Always a list of prompts (a batch of one for a single prompt), as vLLM reads it."""
+        batch = value if isinstance(value, list) and value and \
+            isinstance(value[0], (str, list)) else [value]
+        for prompt in batch:
+            if isinstance(prompt, str):
+                continue
+            if not (isinstance(prompt, list)
+                    and all(type(item) is int and item >= 0 for item in prompt)):
+                raise ValueError("prompt must be a string, a list of token ids, or a list of "
+                                 "either")
+        return batch
 
 
 def parse_request(model_class: type[BaseModel], body: bytes) -> Any:

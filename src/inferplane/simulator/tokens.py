@@ -26,6 +26,15 @@ def count_text_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
+def token_pieces(text: str) -> list[str]:
+    """`text` cut into its tokens, each with the whitespace before it (joined, they give
+    `text` back but for trailing whitespace): the echoed prompt's tokens in logprobs."""
+    pieces = [match.group() for match in re.finditer(r"\s*(?:\w+|[^\w\s])", text)]
+    if pieces:
+        pieces[-1] += text[len("".join(pieces)):]
+    return pieces
+
+
 def message_text(message: Mapping[str, Any] | Any) -> str:
     """The text of one chat message that the template renders: its text content and the names
     and arguments of its tool calls. Takes OpenAI message dicts or objects with those attributes."""
