@@ -164,3 +164,21 @@ def test_auth_failures_are_counted_by_reason(plane):
         return 0.0
 
     assert value(after) == value(before) + 1
+
+
+def test_a_refusal_says_what_the_estimate_was_made_of(plane):
+    # Was: "(prompt + max_tokens)" when no max_tokens was sent, and the whole budget quoted as
+    # the request's estimate.
+    secret, _ = plane.add_key(budget=Decimal("0.001"))
+    ask(plane, secret, max_tokens=16, reasoning_effort="none")  # some of the budget is spent
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(plane, secret)  # no max_tokens: the rest of the 131072-token context at 1.80/M
+    message = caught.value.body["message"] if isinstance(caught.value.body, dict) else caught.value.message
+    assert "as no max_tokens was sent" in message and "131072-token context" in message
+    assert "Set max_tokens" in message and "(prompt + max_tokens)" not in message
+    quoted = Decimal(message.split("may cost up to ")[1].split(" ")[0])
+    assert quoted > Decimal("0.2")  # ~131k tokens at 1.80/M, not the 0.001 budget
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(plane, secret, max_tokens=5000, n=2)
+    message = caught.value.body["message"] if isinstance(caught.value.body, dict) else caught.value.message
+    assert "max_tokens 5000, for each of 2 choices" in message and "Send a smaller max_tokens" in message

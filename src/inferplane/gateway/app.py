@@ -39,7 +39,13 @@ from inferplane.gateway.access_log import AccessLog
 from inferplane.gateway.auth import authenticate, check_model_allowed
 from inferplane.gateway.errors import GatewayError
 from inferplane.gateway.keys import RELOAD_INTERVAL_SECONDS, ApiKey, KeyEntry, KeyStore
-from inferplane.gateway.limits import Limiter, Reservation, estimate_prompt_tokens, month_of
+from inferplane.gateway.limits import (
+    Limiter,
+    Reservation,
+    describe_estimate,
+    estimate_prompt_tokens,
+    month_of,
+)
 from inferplane.gateway.metering import StreamMeter, Usage, usage_from_body
 from inferplane.gateway.metrics import GatewayMetrics
 from inferplane.gateway.proxy import (
@@ -533,8 +539,9 @@ class GatewayApp:
                 raise invalid_json_depth() from None
         prompt_estimate = estimate_prompt_tokens(len(body))
         cap = fields.max_tokens
+        max_model_len = self.max_model_len[route.served_name]
         if cap is None:
-            cap = max(0, self.max_model_len[route.served_name] - prompt_estimate)
+            cap = max(0, max_model_len - prompt_estimate)
         completion_cap = cap * fields.generations  # n (or best_of) choices of every prompt
         if self.writer.backlog_full:
             raise GatewayError(503, "Usage metering is backed up; retry shortly.",
@@ -550,7 +557,9 @@ class GatewayApp:
         ex.reservation = self.limiter.admit(
             ex.key, prompt_estimate + completion_cap,
             price(prompt_estimate, completion_cap, route.input_price_per_million,
-                  route.output_price_per_million), time.time())
+                  route.output_price_per_million), time.time(),
+            lambda: describe_estimate(prompt_estimate, cap, fields.generations,
+                                      fields.max_tokens is not None, max_model_len))
         # From here on, a client that goes away cancels this task: the upstream client then
         # closes its connection, which makes vLLM stop generating (as if the client were its own).
         # The watcher is a task of its own, started only once a request outlives a few

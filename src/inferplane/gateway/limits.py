@@ -16,6 +16,7 @@ start and refreshed, so it survives restarts and (with a shared PostgreSQL ledge
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -84,6 +85,24 @@ class TokenBucket:
         return max(0.0, (amount - self.level) / self.rate_per_second)
 
 
+def describe_estimate(prompt_tokens: int, completion_cap: int, generations: int,
+                      max_tokens_sent: bool, max_model_len: int) -> tuple[str, str]:
+    """(what a reservation was made of, what the client can change) for a refusal's message:
+    it names max_tokens only when the request sent one."""
+    if max_tokens_sent:
+        completion, advice = f"max_tokens {completion_cap}", "Send a smaller max_tokens"
+    else:
+        completion = (f"the {completion_cap} tokens left of the {max_model_len}-token context, "
+                      "as no max_tokens was sent")
+        advice = "Set max_tokens to what the answer needs"
+    choices = f", for each of {generations} choices" if generations > 1 else ""
+    return f"a prompt estimate of {prompt_tokens} tokens + {completion}{choices}", advice
+
+
+def _no_basis() -> tuple[str, str]:
+    return "its prompt estimate + completion cap", "Send a smaller max_tokens"
+
+
 @dataclass
 class Reservation:
     """What admission took from a key's limits; hand it back to `settle`."""
@@ -146,10 +165,12 @@ class Limiter:
         return spend
 
     def admit(self, key: ApiKey, reserve_tokens: int, reserve_cost: Decimal,
-              now: float) -> Reservation:
+              now: float, basis: Callable[[], tuple[str, str]] | None = None) -> Reservation:
         """Take one request and its worst-case tokens and cost, or raise a 429 GatewayError.
 
         All checks run before anything is taken, so a refused request costs the key nothing.
+        `basis` says, only when a refusal needs it, what the estimate was made of and what the
+        client can change (see `describe_estimate`).
         """
         entry = key.entry
         state = self._state(key, now)
@@ -166,10 +187,11 @@ class Limiter:
             state.tpm_bucket.refill(now)
             tokens_needed = min(reserve_tokens, int(state.tpm_bucket.capacity))
             if state.tpm_bucket.level < tokens_needed:
+                made_of, advice = (basis or _no_basis)()
                 raise rate_limited(
                     f"Rate limit reached: {entry.tpm} tokens per minute for this API key; this "
-                    f"request reserves {tokens_needed} tokens (prompt estimate + max_tokens). "
-                    "Send a smaller max_tokens or retry later.",
+                    f"request reserves {tokens_needed} tokens ({made_of}). {advice} or retry "
+                    "later.",
                     math.ceil(state.tpm_bucket.seconds_until(tokens_needed)),
                     code="rate_limit_exceeded", reason="tpm")
         cost_needed = reserve_cost
@@ -178,11 +200,12 @@ class Limiter:
             remaining = entry.monthly_budget - spend.spent - spend.reserved
             cost_needed = min(reserve_cost, entry.monthly_budget)
             if remaining <= _ZERO or cost_needed > remaining:
+                made_of, advice = (basis or _no_basis)()
                 raise rate_limited(
                     f"Monthly budget of {entry.monthly_budget} {self.currency} for this API key "
                     f"is used up: {max(remaining, _ZERO):.6f} {self.currency} left, and this "
-                    f"request may cost up to {cost_needed:.6f} (prompt + max_tokens). "
-                    "Send a smaller max_tokens, or ask for a larger budget.",
+                    f"request may cost up to {reserve_cost:.6f} {self.currency} ({made_of}). "
+                    f"{advice}, or ask for a larger budget.",
                     seconds_to_next_month(now), code="insufficient_quota", reason="budget")
             spend.reserved += cost_needed
         if state.rpm_bucket is not None:
