@@ -13,7 +13,8 @@ forward to vLLM -> meter the response -> commit its usage record -> finish the r
 settle the limits. /healthz, /readyz and /metrics need no key.
 
 Usage records: every response to an authenticated request gets one, errors included (status =
-what the client got; 499 = the client went away mid-stream). Requests refused with 401 get none
+what the client got; 499 = the client went away: a stream is aborted and billed to its last chunk,
+a whole response is read to its end and billed in full; docs/metering.md). Requests refused with 401 get none
 (there is no key to bill, and strangers must not be able to grow the ledger); they are counted
 in the auth-failure metric. GET requests (/v1/models) are not metered.
 """
@@ -551,13 +552,12 @@ class GatewayApp:
             ex.key, prompt_estimate + completion_cap,
             price(prompt_estimate, completion_cap, route.input_price_per_million,
                   route.output_price_per_million), time.time())
-        # From here on, a client that goes away cancels this task: the upstream client then
-        # closes its connection, which makes vLLM stop generating (as if the client were its own).
+        # From here on, a client that goes away from a stream cancels this task: the upstream
+        # client then closes its connection, which makes vLLM stop generating (as if the client
+        # were its own). A whole (non-streamed) response is not aborted: vLLM reports no usage
+        # for an aborted one, so the gateway reads it to its end and bills all of it (499).
         # The watcher is a task of its own, started only once a request outlives a few
         # milliseconds: short answers (and every benchmark of the fast path) never pay for it.
-        # A whole (non-streamed) response is not aborted: vLLM reports no usage for an aborted
-        # one, so the gateway reads it to the end and bills all of it (status 499); see
-        # docs/metering.md.
         self._watchers.watch(ex, receive, asyncio.current_task() if fields.stream else None,
                              delayed=not fields.stream)
         try:
