@@ -216,6 +216,16 @@ def test_a_zero_token_cap_is_refused_before_it_reaches_vllm(tmp_path, field):
     assert seen == []
 
 
+def test_echo_only_scoring_still_works_and_bills_the_prompt(plane):
+    """The one zero cap vLLM serves: `echo` with `max_tokens: 0` on /v1/completions."""
+    secret, _ = plane.add_key()
+    response = httpx.post(f"{plane.base_url}/completions", headers=auth(secret), json={
+        "model": plane.model, "prompt": "Score this text", "max_tokens": 0, "echo": True})
+    assert response.status_code == 200, response.text
+    record = plane.record(response.headers["x-request-id"])
+    assert record.prompt_tokens > 0 and record.completion_tokens == 0 and record.cost > 0
+
+
 # -- 7. deep JSON ------------------------------------------------------------------------------
 
 
