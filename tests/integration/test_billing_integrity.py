@@ -329,6 +329,29 @@ def test_a_key_pasted_into_the_path_is_not_written_to_the_access_log(plane):
     assert all(secret[3:] not in r.endpoint for r in plane.records())
 
 
+def test_a_key_sent_as_the_request_id_is_not_kept(plane):
+    """Was: a sane-looking X-Request-Id was kept in front of the request id, so a key pasted
+    there went to the access log, the ledger and the response header."""
+    secret, _ = plane.add_key()
+    log = io.StringIO()
+    plane.app.access_log.stream = log
+    try:
+        response = httpx.post(f"{plane.base_url}/chat/completions",
+                              headers={**auth(secret), "X-Request-Id": secret},
+                              json={"model": plane.model, "messages": QUESTION, "max_tokens": 2})
+        plane.app.access_log.flush()
+    finally:
+        plane.app.access_log.stream = None
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    assert secret[3:] not in request_id and secret[3:] not in log.getvalue()
+    assert plane.record(request_id).completion_tokens == 2
+    kept = httpx.post(f"{plane.base_url}/chat/completions",
+                      headers={**auth(secret), "X-Request-Id": "trace-4711"},
+                      json={"model": plane.model, "messages": QUESTION, "max_tokens": 2})
+    assert kept.headers["x-request-id"].startswith("trace-4711.")
+
+
 def test_the_query_string_is_never_forwarded(tmp_path):
     """Was: forwarded to vLLM (and its logs), although only the canonical path should be."""
     seen: list = []

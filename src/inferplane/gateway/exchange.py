@@ -19,6 +19,9 @@ from inferplane.gateway.settings import ModelRoute
 
 WATCH_DISCONNECT_AFTER_SECONDS = 0.02
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+# A client id holding something that looks like an API key (ours start "ip-", OpenAI's "sk-")
+# is not kept: request ids reach logs, the ledger and response headers.
+_KEY_IN_ID = re.compile(rb"(?i)(?:^|[^a-z0-9])(?:ip|sk)-")
 _PROCESS_PREFIX = os.urandom(7).hex()  # new at every start: ids never repeat across restarts
 _REQUEST_COUNTER = itertools.count(1)
 ANONYMOUS = ApiKey(
@@ -37,7 +40,8 @@ def new_request_id(client_value: bytes | None) -> str:
     it is the ledger's idempotency key, and a client repeating an id must not make its next
     request a free "replay"."""
     unique = f"{_PROCESS_PREFIX}{next(_REQUEST_COUNTER):010x}"
-    if client_value and _SANE_REQUEST_ID.match(client_value):
+    if client_value and _SANE_REQUEST_ID.match(client_value) and \
+            not _KEY_IN_ID.search(client_value):
         return f"{client_value.decode()}.{unique}"
     return "req_" + unique
 
