@@ -201,16 +201,18 @@ def recording_upstream(seen: list):
     return app
 
 
-@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
-def test_a_zero_token_cap_is_refused_before_it_reaches_vllm(tmp_path, field):
+@pytest.mark.parametrize("field, extra", [("max_completion_tokens", {}), ("max_tokens", {}),
+                                          ("max_tokens", {"echo": True, "prompt": "x"})])
+def test_a_zero_token_cap_is_refused_before_it_reaches_vllm(tmp_path, field, extra):
     """Was: accepted as a cap of 0 (nothing reserved) and forwarded, while vLLM reads 0 as
-    "not set" and generates up to the context's end."""
+    "not set" and generates up to the context's end. (`echo` exempts only /v1/completions.)"""
     seen: list = []
     with serving(recording_upstream(seen)) as upstream_url:
         with running_data_plane(tmp_path, upstream_url=upstream_url) as plane:
             secret, _ = plane.add_key()
             response = httpx.post(f"{plane.base_url}/chat/completions", headers=auth(secret),
-                                  json={"model": plane.model, "messages": QUESTION, field: 0})
+                                  json={"model": plane.model, "messages": QUESTION, field: 0,
+                                        **extra})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == field
     assert seen == []

@@ -192,7 +192,7 @@ class GatewayApp(Lifecycle, Relaying, Recording):
                     forward: list[tuple[str, str]], content_length: bytes | None) -> None:
         body = await self._read_body(receive, content_length)
         payload = parse_json_object(body)
-        fields = request_fields(payload)
+        fields = request_fields(payload, completions=ex.path == "/v1/completions")
         route = self.routes.get(fields.model)
         if route is None:
             # The ledger gets a fixed value, never the client's text (it reaches reports and
