@@ -201,19 +201,31 @@ def recording_upstream(seen: list):
     return app
 
 
-@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
-def test_a_zero_token_cap_is_refused_before_it_reaches_vllm(tmp_path, field):
+@pytest.mark.parametrize("field, extra", [("max_completion_tokens", {}), ("max_tokens", {}),
+                                          ("max_tokens", {"echo": True, "prompt": "x"})])
+def test_a_zero_token_cap_is_refused_before_it_reaches_vllm(tmp_path, field, extra):
     """Was: accepted as a cap of 0 (nothing reserved) and forwarded, while vLLM reads 0 as
-    "not set" and generates up to the context's end."""
+    "not set" and generates up to the context's end. (`echo` exempts only /v1/completions.)"""
     seen: list = []
     with serving(recording_upstream(seen)) as upstream_url:
         with running_data_plane(tmp_path, upstream_url=upstream_url) as plane:
             secret, _ = plane.add_key()
             response = httpx.post(f"{plane.base_url}/chat/completions", headers=auth(secret),
-                                  json={"model": plane.model, "messages": QUESTION, field: 0})
+                                  json={"model": plane.model, "messages": QUESTION, field: 0,
+                                        **extra})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == field
     assert seen == []
+
+
+def test_echo_only_scoring_still_works_and_bills_the_prompt(plane):
+    """The one zero cap vLLM serves: `echo` with `max_tokens: 0` on /v1/completions."""
+    secret, _ = plane.add_key()
+    response = httpx.post(f"{plane.base_url}/completions", headers=auth(secret), json={
+        "model": plane.model, "prompt": "Score this text", "max_tokens": 0, "echo": True})
+    assert response.status_code == 200, response.text
+    record = plane.record(response.headers["x-request-id"])
+    assert record.prompt_tokens > 0 and record.completion_tokens == 0 and record.cost > 0
 
 
 # -- 7. deep JSON ------------------------------------------------------------------------------
@@ -317,6 +329,29 @@ def test_a_key_pasted_into_the_path_is_not_written_to_the_access_log(plane):
     assert lines.count(" 404 ") == 2 and "[redacted]" in lines
     assert secret not in lines and secret[3:] not in lines
     assert all(secret[3:] not in r.endpoint for r in plane.records())
+
+
+def test_a_key_sent_as_the_request_id_is_not_kept(plane):
+    """Was: a sane-looking X-Request-Id was kept in front of the request id, so a key pasted
+    there went to the access log, the ledger and the response header."""
+    secret, _ = plane.add_key()
+    log = io.StringIO()
+    plane.app.access_log.stream = log
+    try:
+        response = httpx.post(f"{plane.base_url}/chat/completions",
+                              headers={**auth(secret), "X-Request-Id": secret},
+                              json={"model": plane.model, "messages": QUESTION, "max_tokens": 2})
+        plane.app.access_log.flush()
+    finally:
+        plane.app.access_log.stream = None
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    assert secret[3:] not in request_id and secret[3:] not in log.getvalue()
+    assert plane.record(request_id).completion_tokens == 2
+    kept = httpx.post(f"{plane.base_url}/chat/completions",
+                      headers={**auth(secret), "X-Request-Id": "trace-4711"},
+                      json={"model": plane.model, "messages": QUESTION, "max_tokens": 2})
+    assert kept.headers["x-request-id"].startswith("trace-4711.")
 
 
 def test_the_query_string_is_never_forwarded(tmp_path):

@@ -136,3 +136,19 @@ def test_chat_echo_prepends_the_assistants_last_message(client):
                                             extra_body={"echo": True})
     assert answer.choices[0].message.content.startswith("Because")
     assert answer.usage.completion_tokens == 3
+
+
+def test_echo_only_scoring_returns_the_prompt_and_generates_nothing(client, url):
+    """vLLM's `echo` with `max_tokens: 0` on /v1/completions: the prompt's logprobs, no tokens."""
+    answer = client.completions.create(model=NEMOTRON, prompt="Score this text", max_tokens=0,
+                                       echo=True, logprobs=1)
+    assert answer.choices[0].text == "Score this text"
+    assert answer.choices[0].logprobs.tokens == ["Score", " this", " text"]
+    assert answer.usage.completion_tokens == 0
+    events = stream_events(url, "/v1/completions", {
+        "model": NEMOTRON, "prompt": "Score this text", "max_tokens": 0, "echo": True,
+        "stream_options": {"include_usage": True}})
+    assert [e["choices"][0]["text"] for e in events[:-1]] == ["Score this text"]
+    assert events[-1]["usage"]["completion_tokens"] == 0
+    with pytest.raises(openai.BadRequestError):  # without echo, 0 is refused as vLLM does
+        client.completions.create(model=NEMOTRON, prompt="x", max_tokens=0)

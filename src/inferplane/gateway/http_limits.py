@@ -43,6 +43,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_bytes = 0
         self._reading_head = True
+        self._awaiting_body = False
         self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm(self.limits.header_timeout_seconds, "The request head")
@@ -55,26 +56,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self.transport.is_closing():
+            return
         # Checked after parsing, so body bytes that came with the end of the head never count.
-        if self._reading_head and self._head_bytes > self.limits.max_header_bytes and \
-                not self.transport.is_closing():
-            self._refuse(431, f"The request head is larger than the gateway's limit of "
-                         f"{self.limits.max_header_bytes} bytes.", "request_header_too_large")
+        # Deadlines are armed only for a head or body still incomplete after a read: a request
+        # that arrives whole (nearly all of them) costs no timer.
+        if self._reading_head:
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"The request head is larger than the gateway's limit of "
+                             f"{self.limits.max_header_bytes} bytes.", "request_header_too_large")
+            elif self._deadline is None:
+                self._arm(self.limits.header_timeout_seconds, "The request head")
+        elif self._awaiting_body and self._deadline is None:
+            self._arm(self.limits.body_timeout_seconds, "The request body")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if not self._reading_head:  # the next request on a kept-alive connection
             self._reading_head = True
             self._head_bytes = 0
-            self._arm(self.limits.header_timeout_seconds, "The request head")
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._awaiting_body = True
         self._disarm()
         super().on_headers_complete()
-        self._arm(self.limits.body_timeout_seconds, "The request body")
 
     def on_message_complete(self) -> None:
+        self._awaiting_body = False
         self._disarm()
         super().on_message_complete()
 

@@ -28,6 +28,10 @@ import orjson
 _DATA = b"data: "
 _DONE = b"data: [DONE]"
 _USAGE_KEY = b'"usage"'
+_USAGE_COLON = b'"usage":'  # how vLLM writes the key (compact JSON)
+_FIRST_CHOICE = b'"choices":[{"index":'
+_CHOICE_INDEX = b'{"index":'
+_EMPTY_CHOICES = b'"choices":[]'
 _SEPARATOR = b"\n\n"
 # An event larger than this without a separator is not SSE as vLLM writes it: pass it on raw.
 _MAX_PENDING_BYTES = 4 * 1024 * 1024
@@ -137,8 +141,10 @@ class StreamMeter:
         self.keep_final_usage = keep_final_usage
         self.choices_per_prompt = max(1, choices_per_prompt)
         self._pending = b""
-        self._by_choice: dict[int, Usage] = {}  # the latest running usage of each choice
-        self._final: Usage | None = None  # the usage-only chunk: vLLM's total
+        # Usage objects as parsed (converted once, at the end): the latest of each choice, and
+        # the usage-only final chunk's (vLLM's total).
+        self._by_choice: dict[int, dict] = {}
+        self._final: dict | None = None
         self.done_event: bytes | None = None  # held back until the record is written
         self.events = 0
 
@@ -171,16 +177,60 @@ class StreamMeter:
             return None
         if not event.startswith(_DATA) or _USAGE_KEY not in event:
             return event  # no usage member can be in it: no need to parse
+        fast = self._fast_event(event)
+        return fast if fast is not None else self._parsed_event(event)
+
+    def _fast_event(self, event: bytes) -> bytes | None:
+        """vLLM's layout, read without parsing the whole event (the streaming hot path): `usage`
+        is the top-level object's last member. The last `"usage":` key (inside a JSON string
+        the quotes would be escaped, so it is always a key) is that member exactly when its
+        value is one JSON object reaching to the event's closing brace. None: not this layout,
+        so the event is parsed instead."""
+        key_at = event.rfind(_USAGE_COLON)
+        value_at = key_at + len(_USAGE_COLON)
+        close = len(event.rstrip(_SPACE)) - 1
+        if key_at < 0 or event[value_at:value_at + 1] != b"{" or event[close:close + 1] != b"}":
+            return None
+        try:  # one object up to the closing brace, or not this layout
+            usage = orjson.loads(event[value_at:close])
+        except orjson.JSONDecodeError:
+            return None
+        choices_at = event.find(_FIRST_CHOICE)
+        if choices_at >= 0:
+            digits_at = choices_at + len(_FIRST_CHOICE)
+            try:
+                index = int(event[digits_at:event.find(b",", digits_at)])
+            except ValueError:
+                return None
+            if event.count(_CHOICE_INDEX, digits_at, key_at):
+                return None  # more than one choice (or tool-call deltas): parse it
+            self._by_choice[index] = usage
+            final = False
+        elif _EMPTY_CHOICES in event:
+            self._final = usage
+            final = True
+        else:
+            return None
+        if self.keep_chunk_usage:
+            return event
+        if final:
+            return event if self.keep_final_usage else None
+        if event[key_at - 1:key_at] != b",":
+            return None
+        return event[:key_at - 1] + event[close:]
+
+    def _parsed_event(self, event: bytes) -> bytes | None:
+        """Any other layout: parse the event and take its top-level `usage`."""
         try:
             chunk = orjson.loads(event[len(_DATA):])
         except orjson.JSONDecodeError:
             return event
         if not isinstance(chunk, dict) or "usage" not in chunk:
             return event
-        usage = usage_from_mapping(chunk["usage"])
+        usage = chunk["usage"]
         choices = chunk.get("choices")
         final = isinstance(choices, list) and not choices
-        if usage is not None:
+        if isinstance(usage, dict):
             if final:
                 self._final = usage
             elif isinstance(choices, list):
@@ -204,12 +254,13 @@ class StreamMeter:
         """vLLM's total when the stream got that far; else the sum of the choices' running usage
         (completion tokens of every choice, prompt tokens once per prompt)."""
         if self._final is not None:
-            return self._final
+            return usage_from_mapping(self._final)
         if not self._by_choice:
             return None
         prompts: dict[int, Usage] = {}
         completion = 0
-        for index, usage in self._by_choice.items():
+        for index, mapping in self._by_choice.items():
+            usage = usage_from_mapping(mapping) or Usage()
             completion += usage.completion_tokens
             prompts[index // self.choices_per_prompt] = usage
         return Usage(sum(usage.prompt_tokens for usage in prompts.values()), completion,

@@ -83,8 +83,9 @@ class RequestFields:
         return self.choices * self.prompts
 
 
-def request_fields(payload: dict[str, Any]) -> RequestFields:
-    """Type-check the fields the gateway uses; 400 with the field name on the first problem."""
+def request_fields(payload: dict[str, Any], completions: bool = False) -> RequestFields:
+    """Type-check the fields the gateway uses; 400 with the field name on the first problem.
+    `completions`: the request is for /v1/completions (prompts, echo-only scoring)."""
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("'model' is required and must be a string.", param="model",
@@ -103,7 +104,7 @@ def request_fields(payload: dict[str, Any]) -> RequestFields:
     # A cap of 0 would reserve nothing while vLLM reads it as "not set" (older versions) or
     # refuses it: refused here, so the reservation always covers what vLLM may generate. The one
     # exception is vLLM's echo-only scoring on /v1/completions (`echo` with `max_tokens: 0`).
-    echo_only = payload.get("echo") is True and "prompt" in payload
+    echo_only = completions and payload.get("echo") is True
     max_tokens = _optional_count(payload, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _optional_count(payload, "max_tokens", 0 if echo_only else 1)
@@ -112,7 +113,7 @@ def request_fields(payload: dict[str, Any]) -> RequestFields:
     n = _optional_count(payload, "n", 1) or 1
     best_of = _optional_count(payload, "best_of", 1) or 1
     return RequestFields(model, stream, include_usage, continuous, max_tokens, max(n, best_of),
-                         n, prompt_count(payload.get("prompt")))
+                         n, prompt_count(payload.get("prompt")) if completions else 1)
 
 
 def prompt_count(prompt: Any) -> int:

@@ -216,11 +216,11 @@ async def _stream(engine: SimulatedEngine, plan: Plan, writers: list[ChunkWriter
             engine.first_token(generation)
         first_token_at = time.monotonic()
         for writer in writers:
-            role = writer.role()
-            if role is not None:
-                await send({"type": "http.response.body", "body": role, "more_body": True})
+            opening = writer.role() or writer.echo_only()
+            if opening is not None:
+                await send({"type": "http.response.body", "body": opening, "more_body": True})
         itl = settings.inter_token_seconds
-        longest = max(generation.completion_tokens for generation in generations)
+        longest = max(generation.completion_tokens for generation in generations)  # 0: echo only
         for index in range(longest):
             if index and itl:
                 await _sleep_until(first_token_at + index * itl)
@@ -252,7 +252,7 @@ async def _delayed_body(engine: SimulatedEngine, plan: Plan, make_body, rid: str
             engine.first_token(generation)
         first_token_at = time.monotonic()
         count = max(generation.completion_tokens for generation in plan.generations)
-        await _sleep_until(first_token_at + (count - 1) * settings.inter_token_seconds)
+        await _sleep_until(first_token_at + max(count - 1, 0) * settings.inter_token_seconds)
         finish_reason = "done"
     finally:
         for generation in plan.generations:

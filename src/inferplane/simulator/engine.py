@@ -211,7 +211,10 @@ class SimulatedEngine:
               requested: int | None, param: str, reasoning_tokens: int,
               continuation: bool, choice: int = 0) -> Generation:
         max_len = model.max_model_len
-        if requested is not None and requested < 1:
+        # vLLM's echo-only scoring: /v1/completions with `echo` and max_tokens 0 returns the
+        # prompt and generates nothing.
+        echo_only = requested == 0 and continuation and bool(getattr(request, "echo", False))
+        if requested is not None and requested < 1 and not echo_only:
             raise ClientError(f"{param} must be at least 1, got {requested}.", param=param)
         asked = requested or 0
         if prompt_tokens >= max_len or prompt_tokens + asked > max_len:
@@ -224,6 +227,8 @@ class SimulatedEngine:
                 param="input_tokens",
             )
         max_tokens = requested if requested is not None else max_len - prompt_tokens
+        if echo_only:
+            return Generation(model, prompt_tokens, 0, [], "length")
         natural = self.settings.output_tokens
         if reasoning_tokens:
             natural += THINK_OVERHEAD_TOKENS + reasoning_tokens

@@ -193,6 +193,25 @@ class ChunkWriter:
                     + '"logprobs":null,"finish_reason":null}' + self._usage_suffix(0))
         return out.encode()
 
+    def echo_only(self) -> bytes | None:
+        """The one chunk of an echo-only completion (max_tokens 0): the prompt, finished."""
+        generation = self.generation
+        if self.chat or generation.completion_tokens or not generation.echo:
+            return None
+        choice: dict = {"index": generation.index, "text": generation.echo, "logprobs": None,
+                        "finish_reason": generation.finish_reason, "stop_reason": None}
+        if generation.top_logprobs is not None:
+            choice["logprobs"] = completion_logprobs(generation.echo_pieces,
+                                                     generation.top_logprobs, 0,
+                                                     len(generation.echo_pieces))
+        chunk: dict = {"id": self.rid, "object": self.kind, "created": self.created,
+                       "model": generation.model.name, "choices": [choice]}
+        if self.continuous_usage:
+            prompt = generation.prompt_tokens
+            chunk["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt,
+                              "completion_tokens": 0}
+        return b"data: " + dumps(chunk) + b"\n\n"
+
     def token(self, index: int) -> bytes:
         """The chunk of piece `index` (0-based); the last piece carries the finish reason."""
         generation = self.generation
