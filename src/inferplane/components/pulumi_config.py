@@ -57,13 +57,18 @@ class GkeOptions(_Options):
                                  pattern="^(RAPID|REGULAR|STABLE|EXTENDED)$")
     system_machine_type: str = Field("e2-standard-4", alias="systemMachineType")
     deletion_protection: bool = Field(False, alias="deletionProtection")
+    capacity: str = Field("on_demand", pattern="^(on_demand|reservation|spot|flex_start)$")
+    reservation: Optional[str] = None
 
 
 class EksOptions(_Options):
     cluster_name: str = Field("", alias="clusterName")
     node_role_arn: str = Field("", alias="nodeRoleArn")
     subnet_ids: list[str] = Field(default_factory=list, alias="subnetIds")
-    capacity_type: str = Field("ON_DEMAND", alias="capacityType")
+    capacity_type: str = Field("ON_DEMAND", alias="capacityType",
+                               pattern="^(ON_DEMAND|SPOT|CAPACITY_BLOCK)$")
+    capacity_reservation_id: Optional[str] = Field(None, alias="capacityReservationId")
+    ebs_csi_role_arn: Optional[str] = Field(None, alias="ebsCsiRoleArn")
 
 
 class ScalewayOptions(_Options):
@@ -157,13 +162,16 @@ class StackSettings:
                 gpu_operator=self.platform_args().switches()["gpu-operator"],
                 gpu_driver_version=gke.gpu_driver_version, release_channel=gke.release_channel,
                 system_machine_type=gke.system_machine_type,
-                deletion_protection=gke.deletion_protection)
+                deletion_protection=gke.deletion_protection, capacity=gke.capacity,
+                reservation=gke.reservation)
         if config.cloud == "eks":
             from inferplane.components.node_pool_eks import EksGpuNodePoolArgs
             eks = self.options.eks
             return EksGpuNodePoolArgs(
                 **common, cluster_name=eks.cluster_name, node_role_arn=eks.node_role_arn,
-                subnet_ids=list(eks.subnet_ids), capacity_type=eks.capacity_type)
+                subnet_ids=list(eks.subnet_ids), capacity_type=eks.capacity_type,
+                capacity_reservation_id=eks.capacity_reservation_id,
+                ebs_csi_role_arn=eks.ebs_csi_role_arn)
         if config.cloud == "scaleway":
             from inferplane.components.node_pool_scaleway import ScalewayGpuNodePoolArgs
             scw = self.options.scaleway
