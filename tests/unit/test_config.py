@@ -58,15 +58,18 @@ def test_london_and_zurich_are_outside_the_eu(cloud, region):
 
 
 def test_residency_can_be_waived_only_explicitly():
-    config = from_mapping({"cloud": "eks", "region": "us-east-1", "residency": {"require_eu": False}})
+    config = from_mapping({"cloud": "eks", "region": "us-east-1", "residency": {"require_eu": False},
+                           "model_cache": {"storage_class": "gp3"}})
     assert config.region == "us-east-1"
 
 
 def test_zone_must_be_in_region():
-    found = problems({"cloud": "gke", "region": "europe-west4", "zone": "europe-west1-b"})
+    found = problems({"cloud": "gke", "region": "europe-west4", "zone": "europe-west1-b",
+                      "ingress": {"source_cidrs": ["10.129.0.0/23"]}})
     assert "not in region" in found["zone"]
     assert from_mapping({"cloud": "scaleway", "region": "fr-par", "zone": "fr-par-2"}).zone == "fr-par-2"
-    assert from_mapping({"cloud": "eks", "region": "eu-west-1", "zone": "eu-west-1a"}).zone == "eu-west-1a"
+    assert from_mapping({"cloud": "eks", "region": "eu-west-1", "zone": "eu-west-1a",
+                         "model_cache": {"storage_class": "gp3"}}).zone == "eu-west-1a"
 
 
 def test_tp_too_small_for_the_weights_carries_the_numbers():
@@ -152,7 +155,8 @@ def test_yaml_errors_carry_the_line(tmp_path):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as caught:
-        from_mapping({"cloud": "eks", "region": "us-east-1", "accelerator": {"tensor_parallel_size": 4}})
+        from_mapping({"cloud": "eks", "region": "us-east-1", "accelerator": {"tensor_parallel_size": 4},
+                      "model_cache": {"storage_class": "gp3"}})
     fields = [field for field, _ in caught.value.problems]
     assert fields == ["region", "accelerator.tensor_parallel_size"]
     assert str(caught.value).startswith("invalid deployment config:")
