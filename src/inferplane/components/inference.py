@@ -172,7 +172,7 @@ def _has_ingress_controller(config: DeploymentConfig, platform: Optional[pulumi.
     `existing` clusters are assumed to have one (the Platform's or their own)."""
     if config.cloud != "local":
         return True
-    return getattr(platform, "ingress_nginx", None) is not None
+    return getattr(platform, "envoy_gateway", None) is not None
 
 
 def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
@@ -227,8 +227,9 @@ def kubernetes_class(api_version: str, kind: str) -> Optional[type]:
     """The typed pulumi_kubernetes class for a built-in kind (apps/v1 Deployment ->
     pulumi_kubernetes.apps.v1.Deployment), or None for a custom resource."""
     group, _, version = api_version.rpartition("/")
-    if group and "." in group and not group.endswith(".k8s.io"):
-        return None  # keda.sh, monitoring.coreos.com, ...: a CRD
+    if group and "." in group and (not group.endswith(".k8s.io")
+                                   or group == "gateway.networking.k8s.io"):
+        return None  # keda.sh, monitoring.coreos.com, Gateway API, ...: a CRD
     package = group.split(".")[0] if group else "core"
     try:
         module = importlib.import_module(f"pulumi_kubernetes.{package}.{version}")

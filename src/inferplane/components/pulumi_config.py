@@ -42,8 +42,12 @@ class NodePoolOptions(_Options):
 
 class PlatformOptions(_Options):
     gpu_operator: Optional[bool] = Field(None, alias="gpuOperator")
-    ingress_nginx: Optional[bool] = Field(None, alias="ingressNginx")
+    nvidia_device_plugin: Optional[bool] = Field(None, alias="nvidiaDevicePlugin")
+    envoy_gateway: Optional[bool] = Field(None, alias="envoyGateway")
     cert_manager: Optional[bool] = Field(None, alias="certManager")
+    keda: Optional[bool] = None
+    prometheus_crds: Optional[bool] = Field(None, alias="prometheusCrds")
+    storage_class: Optional[bool] = Field(None, alias="storageClass")
     acme_email: Optional[str] = Field(None, alias="acmeEmail")
 
 
@@ -145,8 +149,11 @@ class StackSettings:
     def platform_args(self) -> PlatformArgs:
         platform = self.options.platform
         return PlatformArgs(config=self.deployment, gpu_operator=platform.gpu_operator,
-                            ingress_nginx=platform.ingress_nginx,
-                            cert_manager=platform.cert_manager, acme_email=platform.acme_email)
+                            nvidia_device_plugin=platform.nvidia_device_plugin,
+                            envoy_gateway=platform.envoy_gateway,
+                            cert_manager=platform.cert_manager, keda=platform.keda,
+                            prometheus_crds=platform.prometheus_crds,
+                            storage_class=platform.storage_class, acme_email=platform.acme_email)
 
     def node_pool_args(self) -> GpuNodePoolArgs:
         """The typed args of this cloud's node pool (no cloud SDK is imported for it)."""
