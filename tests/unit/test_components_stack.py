@@ -28,7 +28,7 @@ def mocks():
 
 
 def stack_config(stack: str) -> dict:
-    return dict(yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
+    return testing.shipped_stack_config(stack)
 
 
 def run_stack(config: dict, secrets: dict | None = None) -> dict[str, testing.Export]:

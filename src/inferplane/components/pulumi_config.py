@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,6 +27,17 @@ from inferplane.config import ConfigError, DeploymentConfig, Section, from_mappi
 
 NAMESPACE = "inferplane"
 SECRET_KEYS = ("hfToken", "apiKeysJson", "ledgerDbPassword")
+# Values the shipped stack files (stacks/Pulumi.*.yaml) carry as examples: a stack that still holds
+# one would fail late in the cloud (no such cluster, account or subnet) or request a certificate
+# for a domain no one owns (RFC 2606 reserves example.*). Refused before any resource exists.
+PLACEHOLDER_PATTERNS = (
+    re.compile(r"\b123456789012\b"),  # the AWS documentation's account id
+    re.compile(r"^my-"),  # my-cluster, my-eu-project, my-cluster-nodes
+    re.compile(r"/my-[a-z-]+/"),  # projects/my-eu-project/...
+    re.compile(r"^(subnet|sg)-0123456789abcdef0$"),
+    re.compile(r"^(subnet|sg)-0([a-f])\2{15}$"),  # subnet-0aaaaaaaaaaaaaaaa
+    re.compile(r"(^|[.@])example\.(eu|com|org|net)$"),
+)
 
 
 class _Options(BaseModel):
@@ -94,6 +106,7 @@ class LedgerDbOptions(_Options):
     storage_gib: int = Field(20, alias="storageGib", ge=10)
     backup_retention_days: int = Field(7, alias="backupRetentionDays", ge=7, le=35)
     storage_class: Optional[str] = Field(None, alias="storageClass")  # local/existing
+    deletion_protection: bool = Field(True, alias="deletionProtection")  # Cloud SQL, RDS
 
 
 class StackOptions(_Options):
@@ -200,7 +213,8 @@ class StackSettings:
             return None
         common: dict[str, Any] = dict(
             config=config, password=password if password is not None else self.ledger_db_password,
-            storage_gib=options.storage_gib, wait_for_ready=self.options.wait_for_ready)
+            storage_gib=options.storage_gib, wait_for_ready=self.options.wait_for_ready,
+            deletion_protection=options.deletion_protection)
         sized = {"gke": "tier", "eks": "instance_class", "scaleway": "node_type"}.get(config.cloud)
         if sized and options.instance_type:
             common[sized] = options.instance_type
@@ -254,6 +268,15 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
     if problems or deployment is None:
         raise _stack_error(problems)
 
+    problems += placeholder_problems(deployment_data, options_data)
+    if (deployment.edge != "none" and "host" not in (deployment_data.get("ingress") or {})
+            and PLACEHOLDER_PATTERNS[-1].search(deployment.ingress.host)):
+        problems.append(("ingress.host", f"the default {deployment.ingress.host!r} is an example "
+                                         "domain; set the host your endpoint answers on: "
+                                         f"pulumi config set --path '{NAMESPACE}:ingress.host' "
+                                         "llm.your-domain.eu"))
+    if problems:
+        raise _stack_error(problems)
     settings = StackSettings(deployment=deployment, options=options)
     # Read as text to check it now; it stays a secret from here on.
     ledger_password = config.get("ledgerDbPassword")
@@ -279,6 +302,26 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
     if ledger_password is not None:
         settings.ledger_db_password = pulumi.Output.secret(ledger_password)
     return settings
+
+
+def placeholder_problems(*sections: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for each example value of the shipped stack files still set."""
+    problems = []
+
+    def visit(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{path}.{key}" if path else key, item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(path, item)
+        elif isinstance(value, str) and any(p.search(value) for p in PLACEHOLDER_PATTERNS):
+            problems.append((path, f"{value!r} is the stack file's example value; set yours: "
+                                   f"pulumi config set --path '{NAMESPACE}:{path}' <value>"))
+
+    for section in sections:
+        visit("", section)
+    return sorted(set(problems))
 
 
 def _warn_unless_secret(keys: tuple[str, ...]) -> None:
