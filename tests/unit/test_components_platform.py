@@ -110,6 +110,11 @@ def test_envoy_gateway_release_and_its_gateway_class_before_cert_manager(mocks):
     gateway_class = mocks.one("kubernetes:gateway.networking.k8s.io/v1:GatewayClass")
     assert gateway_class.inputs["metadata"]["name"] == "envoy-gateway"
     assert gateway_class.inputs["spec"]["controllerName"] == "gateway.envoyproxy.io/gatewayclass-controller"
+    # EKS: Envoy's Service is a Network Load Balancer (no HTTP idle timeout on streams).
+    proxy = mocks.one("kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy")
+    service = proxy.inputs["spec"]["provider"]["kubernetes"]["envoyService"]
+    assert service["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "external"
+    assert gateway_class.inputs["spec"]["parametersRef"]["name"] == proxy.inputs["metadata"]["name"]
     # cert-manager's Gateway API support needs the CRDs the Envoy Gateway chart installs.
     cert_manager = found["cert-manager"]
     assert envoy.urn in cert_manager.dependencies

@@ -31,6 +31,14 @@ ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 # default one. EBS CSI provisions it (https://docs.aws.amazon.com/eks/latest/userguide/ebs-csi.html);
 # WaitForFirstConsumer creates the volume in the zone the GPU pod is scheduled to.
 EKS_STORAGE_CLASS = "gp3"
+# EKS: Envoy's Service as a Network Load Balancer (layer 4, through the AWS Load Balancer
+# Controller): TLS ends at Envoy, and long-lived streams are not cut by an ELB's HTTP idle timeout
+# (https://kubernetes-sigs.github.io/aws-load-balancer-controller/latest/guide/service/nlb/).
+EKS_ENVOY_SERVICE_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "external",
+    "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
+    "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
+}
 _SWITCH_KEYS = {"gpu-operator": "gpuOperator", "nvidia-device-plugin": "nvidiaDevicePlugin",
                 "envoy-gateway": "envoyGateway", "cert-manager": "certManager", "keda": "keda",
                 "prometheus-operator-crds": "prometheusCrds"}
@@ -114,11 +122,23 @@ class Platform(pulumi.ComponentResource):
             release = self._release(name, pin, config.edge_namespace or pin.namespace,
                                     pin.values(cloud))
             gateway_crds.append(release)  # its chart brings the Gateway API CRDs
+            class_spec: dict[str, Any] = {"controllerName": ENVOY_GATEWAY_CONTROLLER}
+            if cloud == "eks":
+                namespace = config.edge_namespace or pin.namespace
+                proxy = k8s.apiextensions.CustomResource(
+                    f"{name}-envoyproxy", api_version="gateway.envoyproxy.io/v1alpha1",
+                    kind="EnvoyProxy", metadata={"name": "inferplane", "namespace": namespace},
+                    spec={"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {
+                        "annotations": EKS_ENVOY_SERVICE_ANNOTATIONS}}}},
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[release]))
+                gateway_crds.append(proxy)
+                class_spec["parametersRef"] = {"group": "gateway.envoyproxy.io",
+                                               "kind": "EnvoyProxy", "name": "inferplane",
+                                               "namespace": namespace}
             self.gateway_class = k8s.apiextensions.CustomResource(
                 f"{name}-gatewayclass", api_version="gateway.networking.k8s.io/v1",
                 kind="GatewayClass", metadata={"name": ENVOY_GATEWAY_CLASS},
-                spec={"controllerName": ENVOY_GATEWAY_CONTROLLER},
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[release]))
+                spec=class_spec, opts=pulumi.ResourceOptions(parent=self, depends_on=gateway_crds))
         self.cluster_issuer: Optional[k8s.apiextensions.CustomResource] = None
         if switches["cert-manager"]:
             pin = load_chart("cert-manager")
