@@ -302,6 +302,8 @@ def test_the_stack_creates_the_database_and_the_secret_the_pods_read(mocks, stac
     (namespace,) = [r for r in mocks.of_type("kubernetes:core/v1:Namespace")
                     if r.inputs["metadata"]["name"] == "inferplane"]
     assert mocks.depends_on(mocks.one("inferplane:ledger:Database"), namespace)
+    # Defect 7: the Secret the gateway reads its DSN from exists before the Deployment.
+    assert secret.urn in mocks.one("kubernetes:apps/v1:Deployment").dependencies
     assert secret.provider.startswith(mocks.one("pulumi:providers:kubernetes").urn)
     assert PASSWORD not in json.dumps({name: e.value for name, e in outputs.items()})
     provider_props = {k.split(":")[1]: v for k, v in config.items() if not k.startswith("inferplane:")}
