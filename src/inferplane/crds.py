@@ -42,6 +42,10 @@ CRD_SOURCES: dict[tuple[str, str], CrdSource] = {
         *GATEWAY_API, "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"),
     ("gateway.networking.k8s.io/v1", "GatewayClass"): CrdSource(
         *GATEWAY_API, "config/crd/standard/gateway.networking.k8s.io_gatewayclasses.yaml"),
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"): CrdSource(
+        "github.com/envoyproxy/gateway", "v1.9.1",  # the Envoy Gateway in charts/envoy-gateway
+        "charts/gateway-helm/charts/crds/crds/generated/"
+        "gateway.envoyproxy.io_backendtrafficpolicies.yaml"),
     ("keda.sh/v1alpha1", "ScaledObject"): CrdSource(
         "github.com/kedacore/keda/v2", "v2.21.0", "config/crd/bases/keda.sh_scaledobjects.yaml"),
     ("monitoring.coreos.com/v1", "PodMonitor"): CrdSource(

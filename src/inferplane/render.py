@@ -35,13 +35,16 @@ HF_HUB_CACHE = f"{HF_HOME}/hub"  # where huggingface_hub, transformers and vLLM 
 # Order in which objects are applied and written: what others refer to comes first.
 KIND_ORDER = ["Namespace", "PriorityClass", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim",
               "Job", "Deployment", "Service", "Gateway", "HTTPRoute", "GCPBackendPolicy",
-              "HealthCheckPolicy", "Ingress", "PodDisruptionBudget", "NetworkPolicy",
+              "HealthCheckPolicy", "BackendTrafficPolicy", "Ingress", "PodDisruptionBudget", "NetworkPolicy",
               "ScaledObject", "PodMonitor", "PrometheusRule"]
 # HorizontalPodAutoscaler behavior policies accept periods up to 30 minutes.
 HPA_MAX_PERIOD_SECONDS = 1800
 # Google's health checkers, which reach the pods directly when GKE's Gateway load-balances to them
 # (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges).
 GOOGLE_HEALTH_CHECK_CIDRS = ["35.191.0.0/16", "130.211.0.0/22"]
+# Envoy closes idle upstream connections after this (its default is 1 h), below the gateway's
+# keep-alive (gateway.server.KEEP_ALIVE_SECONDS), so the proxy, not the gateway, closes them.
+ENVOY_UPSTREAM_IDLE_SECONDS = 60
 # model.engine: simulator runs our own image's vLLM stand-in in the vLLM container's place: same
 # port, same probes, no GPU, no weights; it starts in seconds, so its startup budget is short.
 SIMULATOR_COMMAND = ["inferplane", "simulator"]
@@ -350,6 +353,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "gateway_class_name": config.gateway_class_name,
         "gateway_annotations": _certificate_annotations(config),
         "route_timeout": f"{config.ingress.read_timeout_seconds}s",
+        "envoy_idle_timeout_seconds": ENVOY_UPSTREAM_IDLE_SECONDS,
         "network_ingress": _network_ingress(config),
         "pdb_max_unavailable": 1,
         "priority": config.priority,
@@ -416,6 +420,8 @@ def _template_names(config: DeploymentConfig) -> list[str]:
         names += ["gateway.yaml.j2", "httproute.yaml.j2"]
         if config.edge == "gke":
             names.append("gke-gateway-policies.yaml.j2")
+        elif config.edge == "envoy-gateway":
+            names.append("envoy-backendtrafficpolicy.yaml.j2")
     names += ["poddisruptionbudget.yaml.j2", "networkpolicy.yaml.j2"]
     if config.autoscaling.enabled:
         names.append("scaledobject.yaml.j2")

@@ -49,12 +49,13 @@ def rendered(tmp_path_factory) -> list[dict]:
 
 
 GATEWAY_API_KINDS = [("gateway.networking.k8s.io/v1", kind)
-                     for kind in ("GatewayClass", "Gateway", "HTTPRoute")]
+                     for kind in ("GatewayClass", "Gateway", "HTTPRoute")] + [
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy")]  # Envoy Gateway's, same pin
 
 
 @pytest.fixture(scope="module")
 def gateway_api_crds(kube_client):
-    """The Gateway API CRDs, applied and Established before anything uses them."""
+    """The Gateway API CRDs (and Envoy Gateway's policy CRD), Established before anything uses them."""
     dyn = DynamicClient(kube_client)
     crds = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
     names = []

@@ -201,6 +201,24 @@ def test_envoy_gateway_data_plane_is_the_only_namespace_admitted(make_config):
         "kubernetes.io/metadata.name": "envoy-gateway-system"}}}]
 
 
+def test_envoy_gateway_limits_bodies_waits_for_streams_and_closes_idle_upstreams_first(make_config):
+    from inferplane.gateway.server import KEEP_ALIVE_SECONDS
+
+    manifests = by_kind(render(make_config(cloud="existing")))
+    assert "GCPBackendPolicy" not in manifests
+    policy = manifests["BackendTrafficPolicy"]
+    validate_custom_resource(policy)  # against Envoy Gateway v1.9.1's own CRD
+    spec = policy["spec"]
+    assert spec["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                   "name": "nemotron-ultra"}]
+    assert spec["requestBuffer"] == {"limit": "16Mi"}  # 413 at the edge, as the Ingress did
+    assert spec["timeout"]["http"]["requestTimeout"] == "3600s"
+    idle = int(spec["timeout"]["http"]["connectionIdleTimeout"].removesuffix("s"))
+    assert idle < KEEP_ALIVE_SECONDS  # the proxy closes idle connections, never the gateway
+    # GKE's load balancer keeps backend connections up to 600 s: the gateway must outlast that.
+    assert KEEP_ALIVE_SECONDS > 600
+
+
 def test_no_public_entry_admits_nobody_rather_than_everybody(make_config):
     policy = by_kind(render(make_config(ingress={"enabled": False})))["NetworkPolicy"]["spec"]
     assert policy["ingress"] == []  # `from: []` would admit every source
