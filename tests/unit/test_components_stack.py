@@ -170,3 +170,46 @@ def test_the_deploy_doc_table_lists_every_config_key():
     documented = {row.split("`")[1].removeprefix("inferplane:") for row in table_rows}
     missing = [key for key in key_paths() if key not in documented]
     assert not missing, f"docs/deploy.md has no Pulumi table row for: {missing}"
+
+
+@pytest.mark.parametrize("stack, keys", [
+    ("eks", {"inferplane:eks.clusterName", "inferplane:eks.nodeRoleArn", "inferplane:eks.subnetIds",
+             "inferplane:ledgerDb.subnetIds", "inferplane:ledgerDb.securityGroupIds",
+             "inferplane:ingress.host", "inferplane:platform.acmeEmail"}),
+    ("gke", {"inferplane:gke.project", "inferplane:ledgerDb.network", "inferplane:ingress.host",
+             "inferplane:platform.acmeEmail"}),
+])
+def test_the_stack_files_example_values_are_refused_with_the_key_to_set(mocks, stack, keys):
+    # Defect 8: `my-cluster`, `123456789012`, `subnet-0123...` passed validation and failed late in
+    # the cloud (or asked Let's Encrypt for example.eu).
+    raw = dict(yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
+    with pytest.raises(ConfigError) as error:
+        run_stack(raw)
+    named = {field for field, _ in error.value.problems}
+    assert keys <= named, named
+    assert "pulumi config set --path" in str(error.value)
+    assert mocks.resources == []
+
+
+def test_the_default_example_host_is_refused_on_a_cloud(mocks):
+    config = {k: v for k, v in stack_config("scaleway").items() if k != "inferplane:ingress"}
+    with pytest.raises(ConfigError, match=r"inferplane:ingress\.host"):
+        run_stack(config)
+
+
+def test_pyproject_floors_admit_only_sdks_with_the_apis_used():
+    # Defect 8: `region=` on aws resources needs pulumi-aws 7 (which itself needs pulumi 3.165, with
+    # InvokeOutputOptions); generated passwords need pulumi-random.
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    requirements = {Requirement(r).name: Requirement(r).specifier
+                    for group in ("pulumi", "aws", "gcp") for r in extras[group]
+                    if not r.startswith("inferplane")}
+    assert not requirements["pulumi-aws"].contains("6.99.0")
+    assert requirements["pulumi-aws"].contains("7.0.0")
+    assert not requirements["pulumi"].contains("3.164.0")
+    assert "pulumi-random" in requirements
+    assert not requirements["pulumi-gcp"].contains("8.0.0")
