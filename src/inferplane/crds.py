@@ -46,6 +46,9 @@ CRD_SOURCES: dict[tuple[str, str], CrdSource] = {
         "github.com/envoyproxy/gateway", "v1.9.1",  # the Envoy Gateway in charts/envoy-gateway
         "charts/gateway-helm/charts/crds/crds/generated/"
         "gateway.envoyproxy.io_backendtrafficpolicies.yaml"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): CrdSource(
+        "github.com/envoyproxy/gateway", "v1.9.1",
+        "charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_envoyproxies.yaml"),
     ("keda.sh/v1alpha1", "ScaledObject"): CrdSource(
         "github.com/kedacore/keda/v2", "v2.21.0", "config/crd/bases/keda.sh_scaledobjects.yaml"),
     ("monitoring.coreos.com/v1", "PodMonitor"): CrdSource(

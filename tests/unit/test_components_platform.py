@@ -189,3 +189,29 @@ def test_deep_merge_merges_maps_and_replaces_lists():
     merged = deep_merge(base, {"a": {"c": [2]}, "e": 2})
     assert merged == {"a": {"b": 1, "c": [2]}, "d": 1, "e": 2}
     assert base == {"a": {"b": 1, "c": [1]}, "d": 1}
+
+
+def test_scaleway_load_balancer_keeps_streams_as_long_as_the_read_timeout(mocks):
+    deploy(mocks, "scaleway")
+    proxy = mocks.one("kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy")
+    annotations = proxy.inputs["spec"]["provider"]["kubernetes"]["envoyService"]["annotations"]
+    assert annotations == {"service.beta.kubernetes.io/scw-loadbalancer-timeout-tunnel": "3600s"}
+
+
+@pytest.mark.parametrize("cloud", ["eks", "scaleway"])
+def test_the_envoy_proxy_and_gateway_class_satisfy_their_crds(mocks, cloud):
+    from inferplane.crds import validate_custom_resource
+
+    deploy(mocks, cloud)
+    for kind in ("gateway.envoyproxy.io/v1alpha1:EnvoyProxy", "gateway.networking.k8s.io/v1:GatewayClass"):
+        recorded = mocks.one(f"kubernetes:{kind}").inputs
+        api_version, name = kind.split(":")
+        validate_custom_resource({"apiVersion": api_version, "kind": name,
+                                  "metadata": recorded["metadata"], "spec": recorded["spec"]})
+
+
+def test_existing_clusters_keep_envoys_default_service(mocks):
+    deploy(mocks, "existing")
+    assert mocks.of_type("kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy") == []
+    gateway_class = mocks.one("kubernetes:gateway.networking.k8s.io/v1:GatewayClass")
+    assert "parametersRef" not in gateway_class.inputs["spec"]

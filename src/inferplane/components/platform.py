@@ -39,6 +39,21 @@ EKS_ENVOY_SERVICE_ANNOTATIONS = {
     "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
     "service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing",
 }
+# Scaleway: Kapsule's load balancer forwards TCP and drops a connection idle for its tunnel timeout
+# (default 10 min, https://github.com/scaleway/scaleway-cloud-controller-manager/blob/master/docs/loadbalancer-annotations.md):
+# a long prefill before the first token must not cut the stream, so it follows the read timeout.
+SCALEWAY_TUNNEL_TIMEOUT = "service.beta.kubernetes.io/scw-loadbalancer-timeout-tunnel"
+
+
+def envoy_service_annotations(config: DeploymentConfig) -> dict[str, str]:
+    """Annotations for Envoy's LoadBalancer Service on `config.cloud` (none where defaults fit)."""
+    if config.cloud == "eks":
+        return dict(EKS_ENVOY_SERVICE_ANNOTATIONS)
+    if config.cloud == "scaleway":
+        return {SCALEWAY_TUNNEL_TIMEOUT: f"{config.ingress.read_timeout_seconds}s"}
+    return {}
+
+
 _SWITCH_KEYS = {"gpu-operator": "gpuOperator", "nvidia-device-plugin": "nvidiaDevicePlugin",
                 "envoy-gateway": "envoyGateway", "cert-manager": "certManager", "keda": "keda",
                 "prometheus-operator-crds": "prometheusCrds"}
@@ -123,13 +138,14 @@ class Platform(pulumi.ComponentResource):
                                     pin.values(cloud))
             gateway_crds.append(release)  # its chart brings the Gateway API CRDs
             class_spec: dict[str, Any] = {"controllerName": ENVOY_GATEWAY_CONTROLLER}
-            if cloud == "eks":
+            annotations = envoy_service_annotations(config)
+            if annotations:
                 namespace = config.edge_namespace or pin.namespace
                 proxy = k8s.apiextensions.CustomResource(
                     f"{name}-envoyproxy", api_version="gateway.envoyproxy.io/v1alpha1",
                     kind="EnvoyProxy", metadata={"name": "inferplane", "namespace": namespace},
                     spec={"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {
-                        "annotations": EKS_ENVOY_SERVICE_ANNOTATIONS}}}},
+                        "annotations": annotations}}}},
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[release]))
                 gateway_crds.append(proxy)
                 class_spec["parametersRef"] = {"group": "gateway.envoyproxy.io",
