@@ -161,7 +161,7 @@ class GkeGpuNodePool(GpuNodePool):
             autoscaling=gcp.container.NodePoolAutoscalingArgs(
                 total_min_node_count=self.min_nodes,
                 total_max_node_count=self.max_nodes,
-                location_policy="ANY",  # take a GPU wherever the region has one free
+                location_policy="ANY",  # take capacity (unused reservations first), not balance
             ),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
             # GPU capacity is scarce: upgrade by replacing one node at a time, never by adding one.
