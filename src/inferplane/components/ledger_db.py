@@ -13,9 +13,9 @@ key `inferplane:ledgerDbPassword` gives one, which is then checked against the s
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
-import string
 from urllib.parse import quote
 
 import pulumi
@@ -31,11 +31,13 @@ USER_NAME = "inferplane"
 POSTGRES_PORT = 5432
 MIN_PASSWORD_CHARS = 16
 GENERATED_PASSWORD_CHARS = 32
-# Special characters a generated password draws from: none of RDS's forbidden / " @ (nor space), and
-# nothing a shell or a URL would mangle. RDS: "Can include any printable ASCII character except
-# "/", """, or "@"" (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html);
-# Scaleway: "between 8 and 128 characters, contain at least one digit, one uppercase, one lowercase
-# and one special character" (https://www.scaleway.com/en/developers/api/managed-database-postgre-mysql/).
+# Special characters a generated password draws from: none of RDS's forbidden / " @ (nor space, nor
+# quotes a shell would need escaped); ledger_dsn() URL-encodes the rest. RDS, MasterUserPassword:
+# "Can include any printable ASCII character except "/", """, or "@"", 8 to 128 characters for
+# PostgreSQL (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html).
+# Scaleway, CreateInstance: "Password must be between 8 and 128 characters, contain at least one
+# digit, one uppercase, one lowercase and one special character" (Scaleway's RDB v1 API, as
+# documented in github.com/scaleway/scaleway-sdk-python, scaleway/rdb/v1/api.py).
 PASSWORD_SPECIALS = "-_.~!#%^*+="
 _RDS_FORBIDDEN = set('/"@ ')
 # The official image (Docker Official Images, maintained with PostgreSQL's packagers), pinned to a
