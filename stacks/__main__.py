@@ -12,7 +12,6 @@ from inferplane.components import (
     GpuNodePool,
     InferenceService,
     InferenceServiceArgs,
-    LedgerDatabase,
     Platform,
     read_stack_settings,
 )
@@ -37,6 +36,8 @@ platform = Platform(
     opts=pulumi.ResourceOptions(providers=[kubernetes], depends_on=[node_pool]),
 )
 
+# With ledger.central the service also creates the central ledger's PostgreSQL and the DSN Secret
+# its pods read, before the Deployment.
 service = InferenceService(
     config.name,
     InferenceServiceArgs(
@@ -45,16 +46,12 @@ service = InferenceService(
         hf_token=settings.hf_token,
         platform=platform,
         wait_for_ready=settings.options.wait_for_ready,
+        ledger_db=settings.ledger_db_args(node_pool),
     ),
     opts=pulumi.ResourceOptions(providers=[kubernetes]),
 )
-
-# With ledger.central: the central ledger's PostgreSQL and the Secret with its DSN the pods read.
-ledger_args = settings.ledger_db_args(node_pool)
-if ledger_args is not None:
-    ledger = LedgerDatabase.for_cloud("ledger", ledger_args, opts=pulumi.ResourceOptions(
-        providers=[kubernetes], depends_on=[service.resources[("Namespace", config.namespace)]]))
-    pulumi.export("ledger_db_host", ledger.host)
+if service.ledger is not None:
+    pulumi.export("ledger_db_host", service.ledger.host)
 
 pulumi.export("endpoint_url", service.endpoint_url)
 pulumi.export("namespace", service.namespace)

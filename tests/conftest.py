@@ -20,6 +20,18 @@ EXAMPLE = REPO / "examples" / "nemotron-ultra.yaml"
 KUBERNETES_SCHEMA_VERSION = KUBERNETES_MINOR
 
 
+GKE_PROXY_SUBNET = "10.129.0.0/23"
+
+
+def with_gke_proxy_subnet(data: dict[str, Any]) -> dict[str, Any]:
+    """A GKE config needs the region's proxy-only subnet (ingress.source_cidrs): add one if unset."""
+    if data.get("cloud") == "gke":
+        ingress = dict(data.get("ingress") or {})
+        ingress.setdefault("source_cidrs", [GKE_PROXY_SUBNET])
+        data = {**data, "ingress": ingress}
+    return data
+
+
 @pytest.fixture
 def make_config():
     """Build a validated config from a mapping (merged over a GKE Nemotron-Ultra base)."""
@@ -27,7 +39,7 @@ def make_config():
     def make(**overrides: Any) -> DeploymentConfig:
         data: dict[str, Any] = {"cloud": "gke", "region": "europe-west4"}
         data.update(overrides)
-        return from_mapping(data)
+        return from_mapping(with_gke_proxy_subnet(data))
 
     return make
 

@@ -1,7 +1,8 @@
-"""Rules across resources: what an Ingress reaches, and whether serving pods have a disruption budget.
+"""Rules across resources: what a public route reaches, and whether serving pods have a disruption budget.
 
-Auth on the ingress path is checked by following the objects the way traffic flows:
-Ingress backend -> Service port -> targetPort -> the container that owns that port. That
+Auth on the public path is checked by following the objects the way traffic flows:
+HTTPRoute (Gateway API) or Ingress backend -> Service port -> targetPort -> the container that
+owns that port. That
 container must be inferplane's gateway, and the gateway's settings (its ConfigMap) must have
 auth on. An Ingress that reaches vLLM, or any other container, or an object this stack does not
 define, is a violation: the path cannot be shown to be authenticated.
@@ -24,6 +25,8 @@ from inferplane_policies.common import (
 )
 
 INGRESS_TYPE = "kubernetes:networking.k8s.io/v1:Ingress"
+HTTP_ROUTE_TYPES = ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
+                    "kubernetes:gateway.networking.k8s.io/v1beta1:HTTPRoute")
 SERVICE_TYPE = "kubernetes:core/v1:Service"
 CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
 PDB_TYPE = "kubernetes:policy/v1:PodDisruptionBudget"
@@ -54,6 +57,19 @@ def _backends(ingress: Mapping[str, Any]) -> list[Mapping[str, Any]]:
             service = get_path(path, "backend", "service")
             if service:
                 found.append(service)
+    return found
+
+
+def _route_backends(route: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """An HTTPRoute's backendRefs in the Ingress backend's shape; other kinds keep theirs."""
+    found = []
+    for rule in get_path(route, "spec", "rules") or []:
+        for ref in get_path(rule, "backendRefs") or []:
+            if (ref.get("group") or "") == "" and (ref.get("kind") or "Service") == "Service":
+                found.append({"name": ref.get("name"), "port": {"number": ref.get("port")}})
+            else:
+                found.append({"name": ref.get("name"), "kind": ref.get("kind"),
+                              "group": ref.get("group")})
     return found
 
 
@@ -114,12 +130,21 @@ def _gateway_auth(resources: list[PolicyResource], namespace: str, spec: Mapping
 
 
 def ingress_auth_problems(resources: list[PolicyResource]) -> list[tuple[str, str]]:
-    """(urn, problem) for every Ingress backend that does not end at an authenticating gateway."""
+    """(urn, problem) for every Ingress or HTTPRoute backend that does not end at an
+    authenticating gateway."""
     problems = []
-    for ingress in (r for r in resources if r.resource_type == INGRESS_TYPE):
+    for ingress in (r for r in resources if r.resource_type == INGRESS_TYPE
+                    or r.resource_type in HTTP_ROUTE_TYPES):
         namespace = metadata_namespace(ingress.props)
-        where = f"Ingress {namespace}/{metadata_name(ingress.props)}"
-        for backend in _backends(ingress.props):
+        is_route = ingress.resource_type in HTTP_ROUTE_TYPES
+        where = f"{'HTTPRoute' if is_route else 'Ingress'} {namespace}/{metadata_name(ingress.props)}"
+        backends = _route_backends(ingress.props) if is_route else _backends(ingress.props)
+        for backend in backends:
+            if "kind" in backend:
+                problems.append((ingress.urn, f"{where} routes to {backend.get('kind')} "
+                                              f"{backend.get('name')!r}, not a Service of this "
+                                              "stack: auth cannot be shown"))
+                continue
             service_name = str(backend.get("name"))
             service = _find(resources, SERVICE_TYPE, namespace, service_name)
             if service is None:
@@ -181,7 +206,8 @@ def _reporting(check):
 
 auth_on_ingress_path = StackValidationPolicy(
     name="auth-on-ingress-path",
-    description="Every Ingress reaches only inferplane's gateway (never vLLM), with API-key auth on.",
+    description="Every HTTPRoute and Ingress reaches only inferplane's gateway (never vLLM), with "
+                "API-key auth on.",
     enforcement_level=EnforcementLevel.MANDATORY,
     validate=_reporting(ingress_auth_problems),
 )

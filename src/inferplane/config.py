@@ -131,13 +131,33 @@ class ImageConfig(Section):
         return value
 
 
+# GKE's managed Gateway classes: the regional external Application Load Balancer keeps the load
+# balancer and its TLS termination in the region
+# (https://cloud.google.com/kubernetes-engine/docs/concepts/gateway-api#gatewayclass).
+GKE_GATEWAY_CLASS = "gke-l7-regional-external-managed"
+# The GatewayClass the Platform creates for Envoy Gateway, and where Envoy Gateway runs its proxies.
+ENVOY_GATEWAY_CLASS = "envoy-gateway"
+ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
+
+
 class IngressConfig(Section):
-    """The public entry: TLS on a host, with streaming-friendly proxy settings."""
+    """The public entry: TLS on a host, only /v1 routed, streaming-safe timeouts.
+
+    `api: gateway` (default) renders a Gateway API Gateway + HTTPRoute; `api: ingress` renders a
+    networking.k8s.io Ingress for a cluster that runs its own ingress controller (opt-in).
+    """
 
     enabled: bool = True
+    api: Literal["gateway", "ingress"] = "gateway"
     host: str = "inference.example.eu"
-    class_name: str = "nginx"
-    controller_namespace: str = Field("ingress-nginx", description="only it may reach the gateway")
+    gateway_class_name: str | None = Field(
+        None, description="default: gke-l7-regional-external-managed on GKE, else envoy-gateway")
+    class_name: str = Field("nginx", description="IngressClass, only with api: ingress")
+    controller_namespace: str | None = Field(
+        None, description="namespace of the proxies that may reach the gateway port; default: "
+                          "envoy-gateway-system (Envoy Gateway), none on GKE (source_cidrs)")
+    source_cidrs: list[str] = Field(
+        default_factory=list, description="GKE: the region's proxy-only subnet range")
     tls_secret_name: str | None = Field(None, description="default: <name>-tls")
     cluster_issuer: str | None = Field("letsencrypt", description="cert-manager ClusterIssuer")
     body_size_limit_mib: int = Field(16, ge=1, le=1024)
@@ -392,6 +412,34 @@ class DeploymentConfig(Section):
         return self.ingress.tls_secret_name or f"{self.name}-tls"
 
     @property
+    def gateway_class_name(self) -> str:
+        """The GatewayClass: GKE's managed regional one on GKE (the global one would put the
+        load balancer outside the region), our Envoy Gateway class elsewhere."""
+        if self.ingress.gateway_class_name:
+            return self.ingress.gateway_class_name
+        return GKE_GATEWAY_CLASS if self.cloud == "gke" else ENVOY_GATEWAY_CLASS
+
+    @property
+    def edge(self) -> str:
+        """Who proxies public traffic to the pods: gke (GKE's managed load balancer),
+        envoy-gateway, another Gateway API implementation, ingress (an ingress controller), or
+        none."""
+        if not self.ingress.enabled:
+            return "none"
+        if self.ingress.api == "ingress":
+            return "ingress"
+        if self.gateway_class_name.startswith("gke-"):
+            return "gke"
+        return "envoy-gateway" if self.gateway_class_name == ENVOY_GATEWAY_CLASS else "gateway"
+
+    @property
+    def edge_namespace(self) -> str | None:
+        """The namespace of the proxies that reach the gateway port (None: they are not pods)."""
+        if self.ingress.controller_namespace:
+            return self.ingress.controller_namespace
+        return {"envoy-gateway": ENVOY_GATEWAY_NAMESPACE, "ingress": "ingress-nginx"}.get(self.edge)
+
+    @property
     def hf_secret_name(self) -> str:
         return self.hf_token_secret_name or f"{self.name}-hf-token"
 
@@ -576,6 +624,15 @@ def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
             problems.append(("accelerator.type",
                              f"{config.cloud} sells no {config.accelerator.type} node in the catalog; "
                              f"use one of {', '.join(offered)}"))
+    problems += _exposure_problems(config)
+    if (config.cloud == "eks" and config.model_cache.kind == "pvc"
+            and not config.model_cache.storage_class and config.model.engine != "simulator"):
+        # EKS 1.30 and later create no default StorageClass (no gp2 either), so a claim without
+        # one never binds: https://docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions-standard.html
+        problems.append(("model_cache.storage_class",
+                         "required on EKS (clusters of 1.30 and later have no default "
+                         "StorageClass); use gp3, which the Platform creates for the EBS CSI "
+                         "driver, or a class of yours"))
     try:
         config.sizing()
     except SizingError as error:
@@ -611,6 +668,26 @@ def _deployment_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
                          "deletes them and resets budget spend. Remove it (the central PostgreSQL "
                          "ledger is the default for clouds), or for a test cluster set "
                          "ledger.pod_local: true to accept losing them"))
+    return problems
+
+
+def _exposure_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
+    """What the public entry needs per implementation."""
+    problems: list[tuple[str, str]] = []
+    edge = config.edge
+    if edge == "gke" and not config.ingress.source_cidrs:
+        # GKE's proxies are not pods: the NetworkPolicy admits them by address, and they reach
+        # the pods from the region's proxy-only subnet
+        # (https://cloud.google.com/load-balancing/docs/proxy-only-subnets).
+        problems.append(("ingress.source_cidrs",
+                         "required with GKE's Gateway: the proxy-only subnet range of the region "
+                         "(gcloud compute networks subnets list --filter="
+                         "purpose=REGIONAL_MANAGED_PROXY), e.g. [10.129.0.0/23]"))
+    scaling = config.autoscaling
+    if scaling.enabled and scaling.min_replicas == 0 and edge != "envoy-gateway":
+        problems.append(("autoscaling.min_replicas",
+                         "0 needs a request metric while no pod runs, which inferplane reads from "
+                         f"Envoy Gateway's proxies; with {edge!r} in front use 1 or more"))
     return problems
 
 

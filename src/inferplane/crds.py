@@ -1,4 +1,5 @@
-"""Schemas of the custom resources we render (KEDA, prometheus-operator), at the versions we target.
+"""Schemas of the custom resources we render (Gateway API, KEDA, prometheus-operator), at the versions
+we target.
 
 The CRDs are not copied into this repo: they are fetched from the upstream Go modules through the
 Go module proxy (`go mod download`, cached machine-wide by Go) and their openAPIV3Schema is
@@ -29,8 +30,25 @@ class CrdSource:
     path: str
 
 
-# (apiVersion, kind) -> source. KEDA 2.21 and prometheus-operator 0.85 (kube-prometheus-stack 77.x).
+# The Gateway API release whose standard-channel CRDs our Gateway and HTTPRoutes must satisfy.
+GATEWAY_API = ("sigs.k8s.io/gateway-api", "v1.6.3")
+
+# (apiVersion, kind) -> source. Gateway API 1.6 (standard channel), KEDA 2.21 and
+# prometheus-operator 0.85 (kube-prometheus-stack 77.x).
 CRD_SOURCES: dict[tuple[str, str], CrdSource] = {
+    ("gateway.networking.k8s.io/v1", "Gateway"): CrdSource(
+        *GATEWAY_API, "config/crd/standard/gateway.networking.k8s.io_gateways.yaml"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): CrdSource(
+        *GATEWAY_API, "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"),
+    ("gateway.networking.k8s.io/v1", "GatewayClass"): CrdSource(
+        *GATEWAY_API, "config/crd/standard/gateway.networking.k8s.io_gatewayclasses.yaml"),
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"): CrdSource(
+        "github.com/envoyproxy/gateway", "v1.9.1",  # the Envoy Gateway in charts/envoy-gateway
+        "charts/gateway-helm/charts/crds/crds/generated/"
+        "gateway.envoyproxy.io_backendtrafficpolicies.yaml"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): CrdSource(
+        "github.com/envoyproxy/gateway", "v1.9.1",
+        "charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_envoyproxies.yaml"),
     ("keda.sh/v1alpha1", "ScaledObject"): CrdSource(
         "github.com/kedacore/keda/v2", "v2.21.0", "config/crd/bases/keda.sh_scaledobjects.yaml"),
     ("monitoring.coreos.com/v1", "PodMonitor"): CrdSource(
@@ -43,6 +61,12 @@ CRD_SOURCES: dict[tuple[str, str], CrdSource] = {
         "github.com/prometheus-operator/prometheus-operator", "v0.85.0",
         "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml"),
 }
+
+
+# Custom resources GKE itself installs (its Gateway controller's policies): their CRDs are published
+# in no Go module (github.com/GoogleCloudPlatform/gke-networking-api v0.2.11 lacks them), so they are
+# checked by the unit tests field by field instead (tests/unit/test_gateway_api.py).
+GKE_KINDS = {("networking.gke.io/v1", "GCPBackendPolicy"), ("networking.gke.io/v1", "HealthCheckPolicy")}
 
 
 class CrdUnavailable(RuntimeError):
@@ -65,6 +89,12 @@ def module_dir(module: str, version: str) -> Path:
     if result.returncode or "Dir" not in info:
         raise CrdUnavailable(f"go mod download {module}@{version}: {info.get('Error') or result.stderr}")
     return Path(info["Dir"])
+
+
+def crd_document(api_version: str, kind: str) -> dict[str, Any]:
+    """The whole CustomResourceDefinition, as upstream ships it (to install it in a test cluster)."""
+    source = CRD_SOURCES[(api_version, kind)]
+    return yaml.safe_load((module_dir(source.module, source.version) / source.path).read_text())
 
 
 def crd_schema(api_version: str, kind: str) -> dict[str, Any]:

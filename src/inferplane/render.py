@@ -34,10 +34,17 @@ HF_HOME = f"{MODEL_CACHE_DIR}/hf"
 HF_HUB_CACHE = f"{HF_HOME}/hub"  # where huggingface_hub, transformers and vLLM all look
 # Order in which objects are applied and written: what others refer to comes first.
 KIND_ORDER = ["Namespace", "PriorityClass", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim",
-              "Job", "Deployment", "Service", "Ingress", "PodDisruptionBudget", "NetworkPolicy",
+              "Job", "Deployment", "Service", "Gateway", "HTTPRoute", "GCPBackendPolicy",
+              "HealthCheckPolicy", "BackendTrafficPolicy", "Ingress", "PodDisruptionBudget", "NetworkPolicy",
               "ScaledObject", "PodMonitor", "PrometheusRule"]
 # HorizontalPodAutoscaler behavior policies accept periods up to 30 minutes.
 HPA_MAX_PERIOD_SECONDS = 1800
+# Google's health checkers, which reach the pods directly when GKE's Gateway load-balances to them
+# (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges).
+GOOGLE_HEALTH_CHECK_CIDRS = ["35.191.0.0/16", "130.211.0.0/22"]
+# Envoy closes idle upstream connections after this (its default is 1 h), below the gateway's
+# keep-alive (gateway.server.KEEP_ALIVE_SECONDS), so the proxy, not the gateway, closes them.
+ENVOY_UPSTREAM_IDLE_SECONDS = 60
 # model.engine: simulator runs our own image's vLLM stand-in in the vLLM container's place: same
 # port, same probes, no GPU, no weights; it starts in seconds, so its startup budget is short.
 SIMULATOR_COMMAND = ["inferplane", "simulator"]
@@ -207,11 +214,15 @@ def scaled_object_spec(config: DeploymentConfig) -> dict[str, Any]:
             "threshold": str(scaling.kv_cache_usage_threshold)}},
     ]
     if scaling.min_replicas == 0:
-        # With no pod there is no vLLM metric: requests reaching the ingress wake the service.
-        triggers.append({"type": "prometheus", "name": "ingress-requests", "metadata": {
+        # With no pod there is no vLLM metric: requests reaching Envoy Gateway's proxies wake the
+        # service. Envoy names the route's upstream cluster httproute/<namespace>/<route>/rule/<n>;
+        # with no endpoint, a request is counted as "no healthy upstream" instead of a request.
+        cluster = f'envoy_cluster_name=~"httproute/{config.namespace}/{config.name}/rule/.*"'
+        triggers.append({"type": "prometheus", "name": "gateway-requests", "metadata": {
             "serverAddress": prometheus,
-            "query": ("sum(rate(nginx_ingress_controller_requests{"
-                      f'exported_namespace="{config.namespace}",exported_service="{config.name}"}}[2m]))'),
+            "query": (f"sum(rate(envoy_cluster_upstream_rq_total{{{cluster}}}[2m]) or vector(0))"
+                      f" + sum(rate(envoy_cluster_upstream_cx_none_healthy{{{cluster}}}[2m]) "
+                      "or vector(0))"),
             "threshold": "1000000", "activationThreshold": "0"}})
     # A new replica needs the startup budget to load: add at most one per budget window.
     scale_up_period = min(config.startup_budget_seconds, HPA_MAX_PERIOD_SECONDS)
@@ -339,6 +350,11 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "ingress": config.ingress,
         "tls_secret_name": config.tls_secret_name,
         "ingress_annotations": _ingress_annotations(config),
+        "gateway_class_name": config.gateway_class_name,
+        "gateway_annotations": _certificate_annotations(config),
+        "route_timeout": f"{config.ingress.read_timeout_seconds}s",
+        "envoy_idle_timeout_seconds": ENVOY_UPSTREAM_IDLE_SECONDS,
+        "network_ingress": _network_ingress(config),
         "pdb_max_unavailable": 1,
         "priority": config.priority,
         "priority_labels": labels(config, "scheduling"),
@@ -349,6 +365,29 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "dashboard_json": dashboard_json(config) if config.observability.dashboard_config_map else "",
         "dashboard_labels": {**labels(config, "dashboard"), "grafana_dashboard": "1"},
     }
+
+
+def _certificate_annotations(config: DeploymentConfig) -> dict[str, str]:
+    """cert-manager's gateway-shim issues the listener's certificate from this annotation."""
+    issuer = config.ingress.cluster_issuer
+    return {"cert-manager.io/cluster-issuer": issuer} if issuer else {}
+
+
+def _network_ingress(config: DeploymentConfig) -> list[dict[str, Any]]:
+    """NetworkPolicy ingress rules: the entry's data plane and Prometheus, on the gateway port."""
+    peers: list[dict[str, Any]] = []
+    if config.edge == "gke":
+        peers += [{"ipBlock": {"cidr": cidr}}
+                  for cidr in [*config.ingress.source_cidrs, *GOOGLE_HEALTH_CHECK_CIDRS]]
+    elif config.edge_namespace:
+        peers.append({"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": config.edge_namespace}}})
+    if config.observability.pod_monitor:
+        peers.append({"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": config.observability.monitoring_namespace}}})
+    if not peers:
+        return []  # no rule: nothing reaches the pods (an empty `from` would admit everyone)
+    return [{"from": peers, "ports": [{"protocol": "TCP", "port": config.gateway.port}]}]
 
 
 def _ingress_annotations(config: DeploymentConfig) -> dict[str, str]:
@@ -375,8 +414,14 @@ def _template_names(config: DeploymentConfig) -> list[str]:
     if config.model_cache.kind == "pvc" and not uses_simulator(config):
         names += ["pvc-model-cache.yaml.j2", "job-fetch-weights.yaml.j2"]
     names += ["deployment.yaml.j2", "service.yaml.j2"]
-    if config.ingress.enabled:
+    if config.edge == "ingress":
         names.append("ingress.yaml.j2")
+    elif config.edge != "none":
+        names += ["gateway.yaml.j2", "httproute.yaml.j2"]
+        if config.edge == "gke":
+            names.append("gke-gateway-policies.yaml.j2")
+        elif config.edge == "envoy-gateway":
+            names.append("envoy-backendtrafficpolicy.yaml.j2")
     names += ["poddisruptionbudget.yaml.j2", "networkpolicy.yaml.j2"]
     if config.autoscaling.enabled:
         names.append("scaledobject.yaml.j2")

@@ -1,17 +1,24 @@
 """The GitOps path: what `inferplane render` writes applies cleanly with server-side apply, and the
-API server itself (not a client-side schema) rejects a broken manifest in a server-side dry run."""
+API server itself (not a client-side schema) rejects a broken manifest in a server-side dry run.
+
+The Gateway and HTTPRoutes are applied against the Gateway API v1.6 CRDs (installed from the Go
+module, as src/inferplane/crds.py reads them), so the API server's own validation — including the
+CRDs' CEL rules, which a JSON schema check does not run — accepts them."""
 
 from __future__ import annotations
 
 import copy
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+
+from inferplane.crds import crd_document
 
 from .conftest import REPO_ROOT
 from .kube_helpers import spec_differences
@@ -28,6 +35,9 @@ def rendered(tmp_path_factory) -> list[dict]:
     work = tmp_path_factory.mktemp("gitops")
     config = yaml.safe_load((REPO_ROOT / "examples" / "nemotron-ultra.yaml").read_text())
     config["namespace"] = NAMESPACE
+    # The example's GKE Gateway policies need CRDs only GKE installs: render the same deployment
+    # for a cluster of our own, whose entry is Envoy Gateway (Gateway + HTTPRoutes, no GKE kinds).
+    config["cloud"] = "existing"
     config_file = work / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     out = work / "rendered"
@@ -38,9 +48,36 @@ def rendered(tmp_path_factory) -> list[dict]:
     return [yaml.safe_load(p.read_text()) for p in files]
 
 
+GATEWAY_API_KINDS = [("gateway.networking.k8s.io/v1", kind)
+                     for kind in ("GatewayClass", "Gateway", "HTTPRoute")] + [
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy")]  # Envoy Gateway's, same pin
+
+
 @pytest.fixture(scope="module")
-def dynamic(kube_client, rendered):
+def gateway_api_crds(kube_client):
+    """The Gateway API CRDs (and Envoy Gateway's policy CRD), Established before anything uses them."""
     dyn = DynamicClient(kube_client)
+    crds = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    names = []
+    for api_version, kind in GATEWAY_API_KINDS:
+        document = crd_document(api_version, kind)
+        crds.server_side_apply(body=document, field_manager=FIELD_MANAGER, force_conflicts=True)
+        names.append(document["metadata"]["name"])
+    deadline = time.monotonic() + 60
+    for name in names:
+        while True:
+            conditions = crds.get(name=name).to_dict().get("status", {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                break
+            assert time.monotonic() < deadline, f"CRD {name} not Established within 60 s"
+            time.sleep(0.5)
+    return names
+
+
+@pytest.fixture(scope="module")
+def dynamic(kube_client, rendered, gateway_api_crds):
+    dyn = DynamicClient(kube_client)
+    dyn.resources.invalidate_cache()  # discovery may predate the CRDs
     yield dyn
     # Remove everything, cluster-scoped objects too (a PriorityClass outlives its namespace), so
     # the Pulumi tests start from a cluster with nothing of ours.
@@ -142,3 +179,23 @@ def test_server_side_dry_run_rejects_a_broken_manifest(dynamic, rendered, breaka
     with pytest.raises(ApiException) as lookup:
         _resource(dynamic, broken).get(name=broken["metadata"]["name"], namespace=NAMESPACE)
     assert lookup.value.status == 404
+
+
+def test_the_gateway_api_entry_is_what_the_render_applies(dynamic, rendered):
+    kinds = [m["kind"] for m in rendered]
+    assert "Gateway" in kinds and "HTTPRoute" in kinds and "Ingress" not in kinds
+    route = next(m for m in rendered if m["kind"] == "HTTPRoute" and m["spec"]["rules"][0].get("matches"))
+    live = _resource(dynamic, route).get(name=route["metadata"]["name"], namespace=NAMESPACE).to_dict()
+    assert live["spec"]["rules"][0]["timeouts"] == {"request": "3600s"}
+
+
+def test_the_api_server_rejects_what_the_gateway_api_crds_forbid(dynamic, rendered):
+    # A CEL rule of the HTTPRoute CRD (a schema check alone accepts it): a path must start with /.
+    route = copy.deepcopy(next(m for m in rendered if m["kind"] == "HTTPRoute"
+                               and m["spec"]["rules"][0].get("matches")))
+    route["metadata"]["name"] = "broken-route"
+    route["spec"]["rules"][0]["matches"][0]["path"]["value"] = "v1"
+    with pytest.raises(ApiException) as raised:
+        _apply(dynamic, route, dry_run=True)
+    assert raised.value.status == 422
+    assert "must be an absolute path" in raised.value.body

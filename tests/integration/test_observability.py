@@ -26,6 +26,7 @@ def metric_names(expr: str) -> set[str]:
 @pytest.fixture(scope="module")
 def config():
     return from_mapping({"cloud": "gke", "region": "europe-west4",
+                         "ingress": {"source_cidrs": ["10.129.0.0/23"]},
                          "observability": {"prometheus_rules": True, "dashboard_config_map": True}})
 
 

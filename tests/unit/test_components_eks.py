@@ -21,8 +21,14 @@ def mocks():
     return testing.install()
 
 
+def eks_config(**overrides) -> DeploymentConfig:
+    data = {"cloud": "eks", "region": "eu-north-1", "model_cache": {"storage_class": "gp3"}}
+    data.update(overrides)
+    return from_mapping(data)
+
+
 def eks_args(**overrides) -> EksGpuNodePoolArgs:
-    values = dict(config=from_mapping({"cloud": "eks", "region": "eu-north-1"}),
+    values = dict(config=eks_config(),
                   cluster_name="prod", node_role_arn=ROLE, subnet_ids=["subnet-a", "subnet-b"])
     values.update(overrides)
     return EksGpuNodePoolArgs(**values)
@@ -50,8 +56,7 @@ def test_labels_and_taint(mocks):
 
 
 def test_weights_on_the_node_grow_its_disk(mocks):
-    config = from_mapping({"cloud": "eks", "region": "eu-north-1",
-                           "model_cache": {"kind": "host_path", "host_path": "/mnt/models"}})
+    config = eks_config(model_cache={"kind": "host_path", "host_path": "/mnt/models"})
     testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(config=config)))
     assert mocks.one(NODE_GROUP).inputs["diskSize"] == 200 + config.cache_size_gib
 
@@ -94,3 +99,53 @@ def test_missing_aws_sdk_names_the_extra(mocks, monkeypatch):
     with pytest.raises(MissingCloudSdkError, match=r"pip install 'inferplane\[aws\]'"):
         testing.run_program(lambda: EksGpuNodePool("gpu", eks_args()))
     assert mocks.resources == []
+
+
+def test_the_weight_cache_needs_a_storage_class_on_eks():
+    # Defect 4: EKS 1.30+ has no default StorageClass, so a claim without one never binds.
+    with pytest.raises(ConfigError, match="model_cache.storage_class"):
+        from_mapping({"cloud": "eks", "region": "eu-north-1"})
+
+
+def test_h200_is_p5en_not_the_capacity_block_only_p5e(mocks):
+    # Defect 3: p5e.48xlarge is sold through Capacity Blocks only; p5en.48xlarge is the H200 type.
+    config = eks_config(accelerator={"type": "H200-141G", "tensor_parallel_size": 8})
+    testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(config=config)))
+    assert mocks.one(NODE_GROUP).inputs["instanceTypes"] == ["p5en.48xlarge"]
+
+
+def test_a_capacity_reservation_is_targeted_through_a_launch_template(mocks):
+    testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(
+        capacity_reservation_id="cr-0123456789abcdef0")))
+    template = mocks.one("aws:ec2/launchTemplate:LaunchTemplate").inputs
+    target = template["capacityReservationSpecification"]["capacityReservationTarget"]
+    assert target == {"capacityReservationId": "cr-0123456789abcdef0"}
+    assert "instanceMarketOptions" not in template
+    assert template["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 200
+    group = mocks.one(NODE_GROUP).inputs
+    assert group["capacityType"] == "ON_DEMAND"
+    assert "diskSize" not in group  # EKS refuses a disk size next to a launch template
+    assert "launchTemplate" in group
+
+
+def test_a_capacity_block_runs_the_group_in_it(mocks):
+    testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(
+        capacity_type="CAPACITY_BLOCK", capacity_reservation_id="cr-0123456789abcdef0")))
+    template = mocks.one("aws:ec2/launchTemplate:LaunchTemplate").inputs
+    assert template["instanceMarketOptions"] == {"marketType": "capacity-block"}
+    assert mocks.one(NODE_GROUP).inputs["capacityType"] == "CAPACITY_BLOCK"
+
+
+def test_a_capacity_block_needs_its_reservation_id(mocks):
+    with pytest.raises(ConfigError, match="eks.capacityReservationId"):
+        testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(capacity_type="CAPACITY_BLOCK")))
+    assert mocks.resources == []
+
+
+def test_the_ebs_csi_add_on_gets_its_role(mocks):
+    role = "arn:aws:iam::123456789012:role/ebs-csi"
+    testing.run_program(lambda: EksGpuNodePool("gpu", eks_args(ebs_csi_role_arn=role)))
+    addon = mocks.one("aws:eks/addon:Addon").inputs
+    assert addon["addonName"] == "aws-ebs-csi-driver"
+    assert addon["serviceAccountRoleArn"] == role
+    assert addon["region"] == "eu-north-1"

@@ -43,7 +43,8 @@ def test_existing_cluster_outside_the_eu_is_refused(mocks):
 
 
 def test_a_pool_refuses_another_clouds_config(mocks):
-    config = from_mapping({"cloud": "gke", "region": "europe-west4"})
+    config = from_mapping({"cloud": "gke", "region": "europe-west4",
+                           "ingress": {"source_cidrs": ["10.129.0.0/23"]}})
     with pytest.raises(ConfigError, match="cloud"):
         testing.run_program(lambda: ExistingGpuNodePool("gpu", ExistingGpuNodePoolArgs(config=config)))
     with pytest.raises(TypeError, match="GkeGpuNodePoolArgs"):

@@ -24,7 +24,8 @@ def mocks():
 
 def gke_config(**overrides) -> DeploymentConfig:
     data = {"cloud": "gke", "region": "europe-west4", "zone": "europe-west4-c",
-            "model": {"name": "nemotron-ultra-253b"}}
+            "model": {"name": "nemotron-ultra-253b"},
+            "ingress": {"source_cidrs": ["10.129.0.0/23"]}}
     data.update(overrides)
     return from_mapping(data)
 
@@ -73,14 +74,96 @@ def test_labels_and_taint_are_what_the_rendered_workload_selects_and_tolerates(m
     assert taint == {"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}
     assert any(t["key"] == taint["key"] and t["operator"] == "Exists" and t["effect"] == "NoSchedule"
                for t in pod["tolerations"])
-    # With the GPU operator on, GKE's own device plugin must stay off the node.
-    assert node["labels"]["gke-no-default-nvidia-gpu-device-plugin"] == "true"
 
 
-def test_without_the_gpu_operator_gke_keeps_its_device_plugin(mocks):
-    args = GkeGpuNodePoolArgs(config=gke_config(), cluster_name="prod", gpu_operator=False)
-    testing.run_program(lambda: GkeGpuNodePool("gpu", args))
-    assert "gke-no-default-nvidia-gpu-device-plugin" not in gpu_pool(mocks).inputs["nodeConfig"]["labels"]
+def test_gke_installs_the_driver_and_keeps_its_device_plugin(mocks):
+    # Defect 1: the label excluding GKE's device plugin (whose DaemonSet also installs the driver)
+    # plus the operator with its driver off left nodes that never advertise nvidia.com/gpu.
+    # One stack: GKE's (https://cloud.google.com/kubernetes-engine/docs/how-to/gpus).
+    testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+        config=gke_config(), cluster_name="prod")))
+    node = gpu_pool(mocks).inputs["nodeConfig"]
+    assert "gke-no-default-nvidia-gpu-device-plugin" not in node["labels"]
+    assert node["guestAccelerators"][0]["gpuDriverInstallationConfig"] == {
+        "gpuDriverVersion": "LATEST"}
+    assert node["imageType"] == "COS_CONTAINERD"
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"gpu_operator": True}, "platform.gpuOperator"),
+    ({"gpu_driver_version": "INSTALLATION_DISABLED"}, "gke.gpuDriverVersion"),
+])
+def test_the_other_gpu_stack_is_impossible(mocks, args, field):
+    with pytest.raises(ConfigError, match=field):
+        testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+            config=gke_config(), cluster_name="prod", **args)))
+    assert mocks.resources == []
+
+
+def test_a_zone_is_required_so_the_pool_does_not_span_zones_without_the_machine(mocks):
+    # Defect 2: with no zone the pool spans every zone of the region, and counts per zone.
+    config = from_mapping({"cloud": "gke", "region": "europe-west4",
+                           "ingress": {"source_cidrs": ["10.129.0.0/23"]}})
+    with pytest.raises(ConfigError, match="zone"):
+        testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+            config=config, cluster_name="prod")))
+    assert mocks.resources == []
+
+
+def test_changing_the_minimum_never_replaces_the_pool(mocks):
+    # Defect 2: initial_node_count forces a replacement; it is only the creation size now, and
+    # scaling goes through the autoscaling bounds.
+    seen = {}
+
+    def capture(args):
+        if args.type_ == NODE_POOL:
+            seen[args.name] = list(args.opts.ignore_changes or [])
+        return None
+
+    def program():
+        pulumi.runtime.register_stack_transformation(capture)
+        GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(config=gke_config(), cluster_name="prod",
+                                                 min_nodes=2, max_nodes=3))
+
+    testing.run_program(program)
+    assert seen["gpu-gpu"] == ["initialNodeCount"]
+    pool = gpu_pool(mocks).inputs
+    assert pool["nodeLocations"] == ["europe-west4-c"]
+    assert pool["autoscaling"]["totalMinNodeCount"] == 2
+
+
+def test_reservation_capacity_consumes_the_named_reservation(mocks):
+    # Defect 3: a3-highgpu-8g capacity often needs a specific reservation.
+    testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+        config=gke_config(), cluster_name="prod", capacity="reservation", reservation="h100-res")))
+    node = gpu_pool(mocks).inputs["nodeConfig"]
+    assert node["reservationAffinity"] == {
+        "consumeReservationType": "SPECIFIC_RESERVATION",
+        "key": "compute.googleapis.com/reservation-name", "values": ["h100-res"]}
+
+
+@pytest.mark.parametrize("capacity, expected", [
+    ("spot", {"spot": True}),
+    ("flex_start", {"flexStart": True,
+                    "reservationAffinity": {"consumeReservationType": "NO_RESERVATION"}}),
+])
+def test_spot_and_flex_start(mocks, capacity, expected):
+    testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+        config=gke_config(), cluster_name="prod", capacity=capacity)))
+    node = gpu_pool(mocks).inputs["nodeConfig"]
+    assert {k: node.get(k) for k in expected} == expected
+
+
+def test_reservation_only_machines_are_refused_on_demand(mocks):
+    # Defect 3: A3 Ultra (H200) and A4 (B200) are not sold on demand on GKE.
+    config = gke_config(accelerator={"type": "H200-141G", "tensor_parallel_size": 8})
+    with pytest.raises(ConfigError, match="gke.capacity"):
+        testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+            config=config, cluster_name="prod")))
+    with pytest.raises(ConfigError, match="gke.reservation"):
+        testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(
+            config=config, cluster_name="prod", capacity="reservation")))
+    assert mocks.resources == []
 
 
 def test_without_a_cluster_name_a_regional_cluster_and_system_pool_are_created(mocks):
@@ -91,6 +174,8 @@ def test_without_a_cluster_name_a_regional_cluster_and_system_pool_are_created(m
     assert cluster["location"] == "europe-west4"
     assert cluster["removeDefaultNodePool"] is True
     assert cluster["deletionProtection"] is False  # `pulumi destroy` must be able to remove it
+    # GKE's managed Gateway controller serves the rendered Gateway.
+    assert cluster["gatewayApiConfig"] == {"channel": "CHANNEL_STANDARD"}
     names = sorted(r.name for r in mocks.of_type(NODE_POOL))
     assert names == ["gpu-gpu", "gpu-system"]
     system = next(r for r in mocks.of_type(NODE_POOL) if r.name == "gpu-system").inputs
@@ -136,7 +221,8 @@ def test_factory_picks_the_gke_component(mocks):
 
 def test_non_eu_region_fails_before_any_resource_is_registered(mocks):
     # Built without validation, as a caller of the component could: the component checks again.
-    config = DeploymentConfig.model_validate({"cloud": "gke", "region": "us-central1"})
+    config = DeploymentConfig.model_validate({"cloud": "gke", "region": "us-central1",
+                                              "zone": "us-central1-a"})
     with pytest.raises(ConfigError) as error:
         testing.run_program(lambda: GkeGpuNodePool("gpu", GkeGpuNodePoolArgs(config=config)))
     assert "us-central1" in str(error.value) and "region" in str(error.value)

@@ -19,6 +19,8 @@ from inferplane.components.ledger_db import POSTGRES_IMAGE
 from inferplane.config import ConfigError, DeploymentConfig, from_mapping
 from inferplane.render import CENTRAL_LEDGER_URL_ENV
 
+from ..conftest import with_gke_proxy_subnet
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "policy"))
 from inferplane_policies.residency import residency_problems  # noqa: E402
@@ -26,7 +28,7 @@ from inferplane_policies.workload import (  # noqa: E402
     image_problems, probe_problems, request_problems,
 )
 
-PASSWORD = "s3cret/With+Symbols=and-length"  # URL-unsafe characters on purpose
+PASSWORD = "s3cret+With=Sym%bols#and-length"  # URL-unsafe characters on purpose
 SECRET = "kubernetes:core/v1:Secret"
 CLOUD_SQL = "gcp:sql/databaseInstance:DatabaseInstance"
 RDS = "aws:rds/instance:Instance"
@@ -72,8 +74,12 @@ def mocks():
 def deployment(cloud: str, region: str, **overrides: Any) -> DeploymentConfig:
     data = {"cloud": cloud, "region": region, "name": "nemotron-ultra",
             "ledger": {"central": True}}
+    if cloud == "eks":
+        data["model_cache"] = {"storage_class": "gp3"}
+    if cloud == "scaleway":
+        data["zone"] = f"{region}-1"
     data.update(overrides)
-    return from_mapping(data)
+    return from_mapping(with_gke_proxy_subnet(data))
 
 
 def dsn_secret(mocks) -> testing.RecordedResource:
@@ -88,7 +94,7 @@ def assert_dsn_secret(mocks, host: str, sslmode: str) -> None:
     assert secret.inputs["metadata"]["namespace"] == "inferplane"
     assert testing.is_secret_value(secret.inputs["stringData"])
     url = secret.plain("stringData")["url"]
-    assert url == (f"postgresql://inferplane:s3cret%2FWith%2BSymbols%3Dand-length@{host}:5432/"
+    assert url == (f"postgresql://inferplane:s3cret%2BWith%3DSym%25bols%23and-length@{host}:5432/"
                    f"inferplane?sslmode={sslmode}")
     assert PASSWORD not in json.dumps(secret.inputs["metadata"])
     component = mocks.one("inferplane:ledger:Database")
@@ -236,7 +242,15 @@ def test_non_eu_region_fails_before_any_resource_is_registered(mocks, cloud, reg
      "ledgerDb.privateNetworkId"),
     (InClusterLedgerDatabaseArgs(config=deployment("local", "local"), password="short"),
      "ledgerDbPassword"),
-    (InClusterLedgerDatabaseArgs(config=deployment("local", "local")), "ledgerDbPassword"),
+    # Defect 5: `openssl rand -base64 24`, the password the docs recommended, may hold / and +;
+    # RDS refuses / " @ and space.
+    (EksLedgerDatabaseArgs(config=deployment("eks", "eu-west-3"), password="ab/cdEFGH12345678+x",
+                           subnet_ids=["a", "b"], security_group_ids=["sg"]), "ledgerDbPassword"),
+    (EksLedgerDatabaseArgs(config=deployment("eks", "eu-west-3"), password="abc@defGH12345678",
+                           subnet_ids=["a", "b"], security_group_ids=["sg"]), "ledgerDbPassword"),
+    # Scaleway needs upper, lower, digit and special.
+    (ScalewayLedgerDatabaseArgs(config=deployment("scaleway", "nl-ams"), private_network_id="pn",
+                                password="abcdefgh12345678XY"), "ledgerDbPassword"),
 ])
 def test_missing_or_weak_inputs_are_named_before_any_resource(mocks, args, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -255,7 +269,7 @@ STACK_LEDGER = {
 
 
 def stack_config(stack: str) -> dict:
-    config = dict(yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
+    config = testing.shipped_stack_config(stack)
     return config | {"inferplane:ledger": {"central": True}} | STACK_LEDGER[stack]
 
 
@@ -288,17 +302,51 @@ def test_the_stack_creates_the_database_and_the_secret_the_pods_read(mocks, stac
     (namespace,) = [r for r in mocks.of_type("kubernetes:core/v1:Namespace")
                     if r.inputs["metadata"]["name"] == "inferplane"]
     assert mocks.depends_on(mocks.one("inferplane:ledger:Database"), namespace)
+    # Defect 7: the Secret the gateway reads its DSN from exists before the Deployment.
+    assert secret.urn in mocks.one("kubernetes:apps/v1:Deployment").dependencies
     assert secret.provider.startswith(mocks.one("pulumi:providers:kubernetes").urn)
     assert PASSWORD not in json.dumps({name: e.value for name, e in outputs.items()})
     provider_props = {k.split(":")[1]: v for k, v in config.items() if not k.startswith("inferplane:")}
     assert_in_eu(mocks, provider_props)
 
 
-def test_the_stack_asks_for_the_password_when_the_central_ledger_is_on(mocks):
+@pytest.mark.parametrize("stack", ["gke", "eks", "scaleway", "local"])
+def test_without_a_given_password_one_is_generated_to_every_clouds_rules(mocks, stack):
+    # Defect 5: no password to paste; generated as a Pulumi secret, valid on RDS and Scaleway.
     secrets = {"inferplane:apiKeysJson": SECRETS["inferplane:apiKeysJson"]}
-    with pytest.raises(ConfigError, match="inferplane:ledgerDbPassword"):
-        run_stack(stack_config("local"), secrets)
-    assert mocks.resources == []
+    run_stack(stack_config(stack), secrets)
+    generated = mocks.one("random:index/randomPassword:RandomPassword").inputs
+    assert generated["length"] >= 16
+    assert (generated["minUpper"], generated["minLower"], generated["minNumeric"],
+            generated["minSpecial"]) >= (1, 1, 1, 1)
+    assert not set(generated["overrideSpecial"]) & set('/"@ ')
+    secret = dsn_secret(mocks)
+    assert testing.is_secret_value(secret.inputs["stringData"])
+    assert testing.MOCK_GENERATED_PASSWORD in secret.plain("stringData")["url"]
+
+
+def test_rds_final_snapshot_names_are_unique_per_stack_lifetime(mocks):
+    # Defect 8: a fixed "<id>-final" collides on the second destroy of a re-created stack.
+    args = EksLedgerDatabaseArgs(config=deployment("eks", "eu-central-1"), password=PASSWORD,
+                                 subnet_ids=["a", "b"], security_group_ids=["sg"])
+    testing.run_program(lambda: LedgerDatabase.for_cloud("ledger", args))
+    suffix = mocks.one("random:index/randomId:RandomId")
+    instance = mocks.one(RDS).inputs
+    assert instance["finalSnapshotIdentifier"] == "nemotron-ultra-ledger-final-0a1b2c3d"
+    assert instance["skipFinalSnapshot"] is False
+    assert suffix.inputs["byteLength"] >= 4
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_cloud_sql_deletion_protection_is_configurable(mocks, protect):
+    # Defect 8: it was hard-coded on, so a test stack could never be destroyed.
+    args = GkeLedgerDatabaseArgs(config=deployment("gke", "europe-west4"), password=PASSWORD,
+                                 network="projects/p/global/networks/n",
+                                 deletion_protection=protect)
+    testing.run_program(lambda: LedgerDatabase.for_cloud("ledger", args))
+    instance = mocks.one(CLOUD_SQL).inputs
+    assert instance["deletionProtection"] is protect
+    assert instance["settings"]["deletionProtectionEnabled"] is protect
 
 
 def test_the_stack_names_a_missing_gke_network(mocks):

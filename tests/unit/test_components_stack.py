@@ -16,7 +16,6 @@ REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / "stacks" / "__main__.py"
 KEYS_FILE = json.dumps({"version": 1, "keys": []})
 # Cloud stacks ship usage to the central ledger by default, so they need its password.
-LEDGER_DB_PASSWORD = "test-only-ledger-password-0123456789"
 NODE_POOL_TYPES = {
     "gke": "gcp:container/nodePool:NodePool",
     "eks": "aws:eks/nodeGroup:NodeGroup",
@@ -30,14 +29,14 @@ def mocks():
 
 
 def stack_config(stack: str) -> dict:
-    return dict(yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
+    return testing.shipped_stack_config(stack)
 
 
 def run_stack(config: dict, secrets: dict | None = None) -> dict[str, testing.Export]:
     """Run stacks/__main__.py with `config` (+ secrets) as the engine would pass it."""
     values = dict(config)
-    secrets = ({"inferplane:apiKeysJson": KEYS_FILE,
-                "inferplane:ledgerDbPassword": LEDGER_DB_PASSWORD} if secrets is None else secrets)
+    # The central ledger is on for every cloud stack; its password is generated when not set.
+    secrets = {"inferplane:apiKeysJson": KEYS_FILE} if secrets is None else secrets
     values.update(secrets)
     testing.set_stack_config(values, tuple(secrets))
     return testing.run_stack_program(PROGRAM)
@@ -173,3 +172,46 @@ def test_the_deploy_doc_table_lists_every_config_key():
     documented = {row.split("`")[1].removeprefix("inferplane:") for row in table_rows}
     missing = [key for key in key_paths() if key not in documented]
     assert not missing, f"docs/deploy.md has no Pulumi table row for: {missing}"
+
+
+@pytest.mark.parametrize("stack, keys", [
+    ("eks", {"inferplane:eks.clusterName", "inferplane:eks.nodeRoleArn", "inferplane:eks.subnetIds",
+             "inferplane:ledgerDb.subnetIds", "inferplane:ledgerDb.securityGroupIds",
+             "inferplane:ingress.host", "inferplane:platform.acmeEmail"}),
+    ("gke", {"inferplane:gke.project", "inferplane:ledgerDb.network", "inferplane:ingress.host",
+             "inferplane:platform.acmeEmail"}),
+])
+def test_the_stack_files_example_values_are_refused_with_the_key_to_set(mocks, stack, keys):
+    # Defect 8: `my-cluster`, `123456789012`, `subnet-0123...` passed validation and failed late in
+    # the cloud (or asked Let's Encrypt for example.eu).
+    raw = dict(yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
+    with pytest.raises(ConfigError) as error:
+        run_stack(raw)
+    named = {field for field, _ in error.value.problems}
+    assert keys <= named, named
+    assert "pulumi config set --path" in str(error.value)
+    assert mocks.resources == []
+
+
+def test_the_default_example_host_is_refused_on_a_cloud(mocks):
+    config = {k: v for k, v in stack_config("scaleway").items() if k != "inferplane:ingress"}
+    with pytest.raises(ConfigError, match=r"inferplane:ingress\.host"):
+        run_stack(config)
+
+
+def test_pyproject_floors_admit_only_sdks_with_the_apis_used():
+    # Defect 8: `region=` on aws resources needs pulumi-aws 7 (which itself needs pulumi 3.165, with
+    # InvokeOutputOptions); generated passwords need pulumi-random.
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    requirements = {Requirement(r).name: Requirement(r).specifier
+                    for group in ("pulumi", "aws", "gcp") for r in extras[group]
+                    if not r.startswith("inferplane")}
+    assert not requirements["pulumi-aws"].contains("6.99.0")
+    assert requirements["pulumi-aws"].contains("7.0.0")
+    assert not requirements["pulumi"].contains("3.164.0")
+    assert "pulumi-random" in requirements
+    assert not requirements["pulumi-gcp"].contains("8.0.0")

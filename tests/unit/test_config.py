@@ -8,7 +8,7 @@ import pytest
 
 from inferplane.config import ConfigError, DeploymentConfig, from_mapping, load
 
-from ..conftest import EXAMPLE
+from ..conftest import EXAMPLE, with_gke_proxy_subnet
 
 
 def problems(data) -> dict[str, str]:
@@ -58,15 +58,18 @@ def test_london_and_zurich_are_outside_the_eu(cloud, region):
 
 
 def test_residency_can_be_waived_only_explicitly():
-    config = from_mapping({"cloud": "eks", "region": "us-east-1", "residency": {"require_eu": False}})
+    config = from_mapping({"cloud": "eks", "region": "us-east-1", "residency": {"require_eu": False},
+                           "model_cache": {"storage_class": "gp3"}})
     assert config.region == "us-east-1"
 
 
 def test_zone_must_be_in_region():
-    found = problems({"cloud": "gke", "region": "europe-west4", "zone": "europe-west1-b"})
+    found = problems({"cloud": "gke", "region": "europe-west4", "zone": "europe-west1-b",
+                      "ingress": {"source_cidrs": ["10.129.0.0/23"]}})
     assert "not in region" in found["zone"]
     assert from_mapping({"cloud": "scaleway", "region": "fr-par", "zone": "fr-par-2"}).zone == "fr-par-2"
-    assert from_mapping({"cloud": "eks", "region": "eu-west-1", "zone": "eu-west-1a"}).zone == "eu-west-1a"
+    assert from_mapping({"cloud": "eks", "region": "eu-west-1", "zone": "eu-west-1a",
+                         "model_cache": {"storage_class": "gp3"}}).zone == "eu-west-1a"
 
 
 def test_tp_too_small_for_the_weights_carries_the_numbers():
@@ -152,7 +155,8 @@ def test_yaml_errors_carry_the_line(tmp_path):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as caught:
-        from_mapping({"cloud": "eks", "region": "us-east-1", "accelerator": {"tensor_parallel_size": 4}})
+        from_mapping({"cloud": "eks", "region": "us-east-1", "accelerator": {"tensor_parallel_size": 4},
+                      "model_cache": {"storage_class": "gp3"}})
     fields = [field for field, _ in caught.value.problems]
     assert fields == ["region", "accelerator.tensor_parallel_size"]
     assert str(caught.value).startswith("invalid deployment config:")
@@ -179,9 +183,9 @@ def test_cold_and_warm_start_estimates_per_cache_kind(make_config):
 def test_every_problem_is_reported_in_one_run():
     # An unknown key, a negative price, a non-EU region and TP=4: the first two used to hide the
     # others until the next run.
-    found = problems({"cloud": "gke", "region": "us-central1", "tensor_paralel_size": 8,
-                      "metering": {"input_price_per_million": -1},
-                      "accelerator": {"tensor_parallel_size": 4}})
+    found = problems(with_gke_proxy_subnet({
+        "cloud": "gke", "region": "us-central1", "tensor_paralel_size": 8,
+        "metering": {"input_price_per_million": -1}, "accelerator": {"tensor_parallel_size": 4}}))
     assert set(found) == {"tensor_paralel_size", "metering.input_price_per_million", "region",
                           "accelerator.tensor_parallel_size"}
     assert "not an EU/EEA region" in found["region"]
@@ -214,16 +218,10 @@ def test_unknown_fields_suggest_the_closest_field_or_where_it_belongs():
                                            ("scaleway", "fr-par"), ("existing", "europe-west4")])
 def test_every_cloud_ships_usage_to_the_central_ledger_by_default(cloud, region):
     """Was: central off everywhere, so records lived on the pod's emptyDir and died with it."""
-    data = {"cloud": cloud, "region": region}
-    if cloud in ("existing",):
-        data["residency"] = {"require_eu": False}
-    if cloud == "scaleway":
-        data["accelerator"] = {"type": "H100-80G"}
-    try:
-        config = from_mapping(data)
-    except ConfigError as error:  # a cloud without the default machine: not what is tested
-        assert "ledger" not in str(error), error
-        pytest.skip(str(error))
+    data = with_gke_proxy_subnet({"cloud": cloud, "region": region})
+    if cloud == "eks":
+        data["model_cache"] = {"storage_class": "gp3"}
+    config = from_mapping(data)
     assert config.ledger.central is True
     assert load(EXAMPLE).ledger.central is True
 
@@ -233,9 +231,10 @@ def test_local_keeps_its_ledger_in_the_pod():
 
 
 def test_a_cloud_deployment_whose_records_die_with_the_pod_is_refused_with_the_fix():
-    found = problems({"cloud": "gke", "region": "europe-west4", "ledger": {"central": False}})
-    assert "ledger.central" in found
+    found = problems(with_gke_proxy_subnet({"cloud": "gke", "region": "europe-west4",
+                                            "ledger": {"central": False}}))
+    assert set(found) == {"ledger.central"}
     assert "ledger.pod_local: true" in found["ledger.central"]
-    opted_in = from_mapping({"cloud": "gke", "region": "europe-west4",
-                             "ledger": {"central": False, "pod_local": True}})
+    opted_in = from_mapping(with_gke_proxy_subnet({"cloud": "gke", "region": "europe-west4",
+                                                   "ledger": {"central": False, "pod_local": True}}))
     assert opted_in.ledger.central is False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
+import promql_parser
 
 from inferplane.config import ConfigError
 from inferplane.crds import validate_custom_resource
@@ -53,12 +54,23 @@ def test_smaller_models_get_a_threshold_from_their_own_capacity(make_config):
     assert waiting_requests_per_replica(explicit) == 5
 
 
-def test_scale_from_zero_wakes_on_ingress_requests(make_config):
-    config = make_config(autoscaling={"enabled": True, "min_replicas": 0}, model_cache=SHARED_CACHE)
+def test_scale_from_zero_wakes_on_envoy_gateway_requests_not_the_retired_nginx_metric(make_config):
+    config = make_config(cloud="existing", autoscaling={"enabled": True, "min_replicas": 0},
+                         model_cache=SHARED_CACHE)
     spec = kinds(render(config))["ScaledObject"]["spec"]
     wake = spec["triggers"][-1]
-    assert wake["name"] == "ingress-requests" and wake["metadata"]["activationThreshold"] == "0"
-    assert 'exported_service="nemotron-ultra"' in wake["metadata"]["query"]
+    assert wake["name"] == "gateway-requests" and wake["metadata"]["activationThreshold"] == "0"
+    query = wake["metadata"]["query"]
+    assert "nginx" not in query
+    # Envoy Gateway's upstream cluster of our HTTPRoute, counted even while no pod exists.
+    assert 'envoy_cluster_name=~"httproute/inferplane/nemotron-ultra/rule/.*"' in query
+    assert "envoy_cluster_upstream_cx_none_healthy" in query
+    promql_parser.parse(query)
+
+
+def test_scale_from_zero_is_refused_where_no_request_metric_exists(make_config):
+    with pytest.raises(ConfigError, match="autoscaling.min_replicas"):
+        make_config(autoscaling={"enabled": True, "min_replicas": 0}, model_cache=SHARED_CACHE)
 
 
 def test_a_typo_in_a_custom_resource_fails_its_crd_schema(make_config):
@@ -78,8 +90,9 @@ def test_pod_monitor_scrapes_the_gateway_and_the_monitoring_namespace_may_reach_
     endpoint = manifests["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
     sources = manifests["NetworkPolicy"]["spec"]["ingress"][0]["from"]
-    namespaces = [s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in sources]
-    assert namespaces == ["ingress-nginx", "monitoring"]
+    namespaces = [s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                  for s in sources if "namespaceSelector" in s]
+    assert namespaces == ["monitoring"]  # GKE's proxies come by address (ipBlock), not namespace
 
 
 def test_priority_class_is_created_and_used(make_config):

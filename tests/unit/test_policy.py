@@ -19,6 +19,8 @@ from pulumi_policy import (
 )
 
 from inferplane.components import testing
+
+from ..conftest import with_gke_proxy_subnet
 from inferplane.config import from_mapping
 from inferplane.render import render
 
@@ -68,7 +70,8 @@ def rendered(**overrides) -> list[tuple[str, dict[str, Any]]]:
     data = {"cloud": "gke", "region": "europe-west4", "model": {"name": "nemotron-ultra-253b"}}
     data.update(overrides)
     # Through JSON, as the engine delivers properties.
-    return [(kubernetes_type(m), json.loads(json.dumps(m))) for m in render(from_mapping(data))]
+    return [(kubernetes_type(m), json.loads(json.dumps(m)))
+            for m in render(from_mapping(with_gke_proxy_subnet(data)))]
 
 
 def of_kind(resources, kind: str) -> dict[str, Any]:
@@ -114,9 +117,8 @@ def test_rendered_manifests_pass_every_policy(overrides):
 @pytest.mark.parametrize("stack", ["local", "gke", "eks", "scaleway"])
 def test_what_each_stack_registers_passes_every_policy(stack):
     mocks = testing.install()
-    config = yaml.safe_load((REPO / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"]
-    secrets = {"inferplane:apiKeysJson": json.dumps({"version": 1, "keys": []}),
-               "inferplane:ledgerDbPassword": "test-only-ledger-password-0123456789"}
+    config = testing.shipped_stack_config(stack)
+    secrets = {"inferplane:apiKeysJson": json.dumps({"version": 1, "keys": []})}
     testing.set_stack_config(config | secrets, tuple(secrets))
     testing.run_stack_program(REPO / "stacks" / "__main__.py")
     provider_props = {k.split(":")[1]: v for k, v in config.items() if not k.startswith("inferplane:")}
@@ -305,15 +307,53 @@ def test_rendered_auth_off_config_is_caught():
     assert "auth" in violation
 
 
-def test_ingress_to_a_service_outside_the_stack_fails():
+def route(resources) -> dict[str, Any]:
+    return next(p for t, p in resources if t.endswith(":HTTPRoute")
+                and p["spec"]["rules"][0].get("backendRefs"))
+
+
+def test_the_default_entry_is_an_http_route_the_policy_follows():
     resources = rendered()
+    assert "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute" in [t for t, _ in resources]
+    assert check_stack(auth_on_ingress_path, resources) == []
+
+
+def test_http_route_to_a_service_outside_the_stack_fails():
+    resources = rendered()
+    route(resources)["spec"]["rules"][0]["backendRefs"][0]["name"] = "other"
+    (violation,) = check_stack(auth_on_ingress_path, resources)
+    assert "HTTPRoute" in violation and "'other'" in violation and "does not define" in violation
+
+
+def test_http_route_port_the_service_lacks_fails():
+    resources = rendered()
+    route(resources)["spec"]["rules"][0]["backendRefs"][0]["port"] = 8000
+    (violation,) = check_stack(auth_on_ingress_path, resources)
+    assert "no port" in violation
+
+
+def test_http_route_to_something_other_than_a_service_fails():
+    resources = rendered()
+    route(resources)["spec"]["rules"][0]["backendRefs"][0].update(
+        {"group": "inference.networking.k8s.io", "kind": "InferencePool"})
+    (violation,) = check_stack(auth_on_ingress_path, resources)
+    assert "InferencePool" in violation and "auth cannot be shown" in violation
+
+
+def test_http_route_with_auth_off_fails():
+    (violation,) = check_stack(auth_on_ingress_path, rendered(auth={"enabled": False}))
+    assert "HTTPRoute" in violation and "auth" in violation
+
+
+def test_ingress_to_a_service_outside_the_stack_fails():
+    resources = rendered(ingress={"api": "ingress"})
     of_kind(resources, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "other"
     (violation,) = check_stack(auth_on_ingress_path, resources)
     assert "'other'" in violation and "does not define" in violation
 
 
 def test_ingress_port_the_service_lacks_fails():
-    resources = rendered()
+    resources = rendered(ingress={"api": "ingress"})
     backend = of_kind(resources, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
     backend["service"]["port"] = {"number": 9999}
     (violation,) = check_stack(auth_on_ingress_path, resources)

@@ -11,12 +11,13 @@ import threading
 from pathlib import Path
 
 import kubernetes_validate
+import jsonschema
 import pytest
 import yaml
 
 from inferplane.catalog import MODELS
 from inferplane.config import load
-from inferplane.crds import CRD_SOURCES, validate_custom_resource
+from inferplane.crds import CRD_SOURCES, GKE_KINDS, validate_custom_resource
 from inferplane.render import render, to_multi_document, write_directory
 
 from ..conftest import EXAMPLE, KUBERNETES_SCHEMA_VERSION, REPO
@@ -49,7 +50,7 @@ VARIANTS = {
                              "model_cache": {"kind": "host_path", "host_path": "/mnt/models"}},
     "download-at-start": {"model_cache": {"kind": "empty_dir"}},
     "two-replicas": {"replicas": 2, "model_cache": {"access_mode": "ReadOnlyMany", "storage_class": "filestore"}},
-    "operations": {"autoscaling": {"enabled": True, "min_replicas": 0, "max_replicas": 3},
+    "operations": {"cloud": "existing", "autoscaling": {"enabled": True, "min_replicas": 0, "max_replicas": 3},
                    "model_cache": {"access_mode": "ReadWriteMany"},
                    "observability": {"pod_monitor": True, "prometheus_rules": True},
                    "priority": {"create": False, "name": "gpu-critical"}},
@@ -61,7 +62,7 @@ def test_every_manifest_validates_strictly_against_the_pinned_kubernetes_schema(
     for manifest in render(make_config(**VARIANTS[variant])):
         if (manifest["apiVersion"], manifest["kind"]) in CRD_SOURCES:
             validate_custom_resource(manifest)  # against the CRD of the version we target
-        else:
+        elif (manifest["apiVersion"], manifest["kind"]) not in GKE_KINDS:  # test_gateway_api.py
             kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
 
 
@@ -177,7 +178,7 @@ def test_containers_run_non_root_with_read_only_root_filesystems():
         assert context["capabilities"]["drop"] == ["ALL"]
 
 
-def test_service_exposes_only_the_gateway_and_network_policy_admits_only_the_ingress_controller():
+def test_service_exposes_only_the_gateway_and_network_policy_admits_only_gkes_proxies():
     manifests = by_kind(render(load(EXAMPLE)))
     ports = manifests["Service"]["spec"]["ports"]
     assert [(p["port"], p["targetPort"]) for p in ports] == [(80, "http")]
@@ -187,12 +188,79 @@ def test_service_exposes_only_the_gateway_and_network_policy_admits_only_the_ing
     assert policy["policyTypes"] == ["Ingress"]
     [rule] = policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    # GKE's managed proxies are not pods: the proxy-only subnet and Google's health checkers.
+    assert rule["from"] == [{"ipBlock": {"cidr": "10.129.0.0/23"}},
+                            {"ipBlock": {"cidr": "35.191.0.0/16"}},
+                            {"ipBlock": {"cidr": "130.211.0.0/22"}}]
+
+
+def test_envoy_gateway_data_plane_is_the_only_namespace_admitted(make_config):
+    policy = by_kind(render(make_config(cloud="existing")))["NetworkPolicy"]["spec"]
+    [rule] = policy["ingress"]
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": "ingress-nginx"}}}]
+        "kubernetes.io/metadata.name": "envoy-gateway-system"}}}]
 
 
-def test_ingress_streams_unbuffered_over_tls():
-    ingress = by_kind(render(load(EXAMPLE)))["Ingress"]
+def test_envoy_gateway_limits_bodies_waits_for_streams_and_closes_idle_upstreams_first(make_config):
+    from inferplane.gateway.server import KEEP_ALIVE_SECONDS
+
+    manifests = by_kind(render(make_config(cloud="existing")))
+    assert "GCPBackendPolicy" not in manifests
+    policy = manifests["BackendTrafficPolicy"]
+    validate_custom_resource(policy)  # against Envoy Gateway v1.9.1's own CRD
+    spec = policy["spec"]
+    assert spec["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                   "name": "nemotron-ultra"}]
+    assert spec["requestBuffer"] == {"limit": "16Mi"}  # 413 at the edge, as the Ingress did
+    assert spec["timeout"]["http"]["requestTimeout"] == "3600s"
+    idle = int(spec["timeout"]["http"]["connectionIdleTimeout"].removesuffix("s"))
+    assert idle < KEEP_ALIVE_SECONDS  # the proxy closes idle connections, never the gateway
+    # GKE's load balancer keeps backend connections up to 600 s: the gateway must outlast that.
+    assert KEEP_ALIVE_SECONDS > 600
+
+
+def test_no_public_entry_admits_nobody_rather_than_everybody(make_config):
+    policy = by_kind(render(make_config(ingress={"enabled": False})))["NetworkPolicy"]["spec"]
+    assert policy["ingress"] == []  # `from: []` would admit every source
+
+
+def test_gateway_api_is_the_default_entry_routing_only_v1_with_tls_from_cert_manager():
+    manifests = render(load(EXAMPLE))
+    kinds_rendered = [m["kind"] for m in manifests]
+    assert "Ingress" not in kinds_rendered
+    gateway = by_kind(manifests)["Gateway"]
+    assert gateway["apiVersion"] == "gateway.networking.k8s.io/v1"
+    # GKE's regional managed class: the load balancer stays in the EU region.
+    assert gateway["spec"]["gatewayClassName"] == "gke-l7-regional-external-managed"
+    assert gateway["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt"}
+    https = next(l for l in gateway["spec"]["listeners"] if l["name"] == "https")
+    assert (https["protocol"], https["port"], https["hostname"]) == ("HTTPS", 443, "llm.example.eu")
+    assert https["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "nemotron-ultra-tls"}]
+    routes = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "HTTPRoute"}
+    [rule] = routes["nemotron-ultra"]["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    assert rule["backendRefs"] == [{"name": "nemotron-ultra", "port": 80}]
+    assert rule["timeouts"] == {"request": "3600s"}  # a whole streamed answer
+    assert routes["nemotron-ultra"]["spec"]["parentRefs"] == [{"name": "nemotron-ultra",
+                                                               "sectionName": "https"}]
+    [redirect] = routes["nemotron-ultra-https-redirect"]["spec"]["rules"]
+    assert redirect["filters"][0]["requestRedirect"] == {"scheme": "https", "statusCode": 301}
+
+
+def test_gke_backend_policy_lifts_the_30_second_timeout_and_health_checks_readyz():
+    manifests = by_kind(render(load(EXAMPLE)))
+    backend = manifests["GCPBackendPolicy"]["spec"]
+    assert backend["default"] == {"timeoutSec": 3600}
+    assert backend["targetRef"] == {"group": "", "kind": "Service", "name": "nemotron-ultra"}
+    check = manifests["HealthCheckPolicy"]["spec"]["default"]["config"]
+    assert check["httpHealthCheck"]["requestPath"] == "/readyz"
+
+
+def test_ingress_is_opt_in_and_streams_unbuffered_over_tls(make_config):
+    config = make_config(ingress={"api": "ingress", "host": "llm.example.eu"})
+    manifests = render(config)
+    assert "Gateway" not in [m["kind"] for m in manifests]
+    ingress = by_kind(manifests)["Ingress"]
     notes = ingress["metadata"]["annotations"]
     assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert notes["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
@@ -202,6 +270,22 @@ def test_ingress_streams_unbuffered_over_tls():
     [path] = ingress["spec"]["rules"][0]["http"]["paths"]
     assert (path["path"], path["pathType"]) == ("/v1", "Prefix")  # not /metrics, /healthz, /readyz
     assert path["backend"]["service"] == {"name": "nemotron-ultra", "port": {"name": "http"}}
+    policy = by_kind(manifests)["NetworkPolicy"]["spec"]
+    assert policy["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "ingress-nginx"}}}]
+
+
+def test_gateway_objects_fail_their_crd_schema_on_a_typo(make_config):
+    rendered = render(make_config())
+    manifests = by_kind(rendered)
+    route = next(m for m in rendered if m["kind"] == "HTTPRoute" and "timeouts" in m["spec"]["rules"][0])
+    route["spec"]["rules"][0]["timeouts"]["requestTimeout"] = "10s"
+    with pytest.raises(jsonschema.ValidationError, match="requestTimeout"):
+        validate_custom_resource(route)
+    gateway = manifests["Gateway"]
+    gateway["spec"]["listeners"][0]["tls"]["certificateRef"] = {"name": "x"}
+    with pytest.raises(jsonschema.ValidationError, match="certificateRef"):
+        validate_custom_resource(gateway)
 
 
 def test_recommended_labels_on_every_object_and_selector_is_stable(make_config):
@@ -286,7 +370,7 @@ def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):
     kustomization = yaml.safe_load((first / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "00-namespace-inferplane.yaml"
     assert sorted(kustomization["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
-    assert len(names) == 12
+    assert len(names) == 16  # 15 objects (Gateway, two HTTPRoutes, two GKE policies) + kustomization
 
 
 def test_rewriting_a_directory_removes_objects_that_are_gone(make_config, tmp_path):

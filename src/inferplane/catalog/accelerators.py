@@ -17,9 +17,30 @@ class MachineType:
     gpus: int
     gpu_type: str = ""  # the cloud's accelerator name where it is separate (GKE)
     zones_note: str = ""
+    # How the cloud sells this machine (see CAPACITY_OPTIONS); an empty tuple means on demand and
+    # every other option the cloud has. A3 Ultra and A4 are not sold on demand on GKE:
+    # https://cloud.google.com/kubernetes-engine/docs/concepts/gpus#gpu-consumption (reservations,
+    # flex-start, spot); P5e is sold through Capacity Blocks only:
+    # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/capacity-blocks-how.html
+    capacity: tuple[str, ...] = ()
     # Illustrative on-demand list price of the whole node in an EU region, USD per hour, as seen
     # in late 2026. Prices change and differ by commitment: set cost.node_hourly_price for yours.
     example_hourly_usd: float | None = None
+
+
+# Ways of obtaining a node, per cloud. "reservation": a specific reservation (GKE) or On-Demand
+# Capacity Reservation (EC2); "capacity_block": EC2 Capacity Blocks for ML; "flex_start": GKE's
+# Dynamic Workload Scheduler; "spot": preemptible.
+CAPACITY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gke": ("on_demand", "reservation", "spot", "flex_start"),
+    "eks": ("on_demand", "reservation", "spot", "capacity_block"),
+    "scaleway": ("on_demand",),
+}
+
+
+def capacity_options(cloud: str, machine: "MachineType") -> tuple[str, ...]:
+    """The ways `machine` can be obtained on `cloud`."""
+    return machine.capacity or CAPACITY_OPTIONS.get(cloud, ("on_demand",))
 
 
 @dataclass(frozen=True)
@@ -79,8 +100,14 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             bf16_dense_tflops=989,
             fp8_dense_tflops=1979,
             machine_types={
-                "gke": MachineType("a3-ultragpu-8g", 8, gpu_type="nvidia-h200-141gb"),
-                "eks": MachineType("p5e.48xlarge", 8),
+                "gke": MachineType("a3-ultragpu-8g", 8, gpu_type="nvidia-h200-141gb",
+                                   capacity=("reservation", "spot", "flex_start")),
+                # p5e.48xlarge is sold only as Capacity Blocks; p5en.48xlarge (H200, EFAv3) is the
+                # H200 type EC2 sells on demand and with capacity reservations:
+                # https://aws.amazon.com/ec2/instance-types/p5/ . Regions that offer it:
+                # `aws ec2 describe-instance-type-offerings --location-type availability-zone
+                #  --filters Name=instance-type,Values=p5en.48xlarge --region eu-north-1`
+                "eks": MachineType("p5en.48xlarge", 8),
             },
         ),
         AcceleratorSpec(
@@ -94,7 +121,8 @@ ACCELERATORS: dict[str, AcceleratorSpec] = {
             bf16_dense_tflops=2250,
             fp8_dense_tflops=4500,
             machine_types={
-                "gke": MachineType("a4-highgpu-8g", 8, gpu_type="nvidia-b200"),
+                "gke": MachineType("a4-highgpu-8g", 8, gpu_type="nvidia-b200",
+                                   capacity=("reservation", "spot", "flex_start")),
                 "eks": MachineType("p6-b200.48xlarge", 8),
             },
         ),

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-CHART_KEYS = ("gpu-operator", "ingress-nginx", "cert-manager")
+CHART_KEYS = ("gpu-operator", "nvidia-device-plugin", "envoy-gateway", "cert-manager", "keda",
+              "prometheus-operator-crds")
 
 
 def charts_dir() -> Path:
@@ -36,6 +37,12 @@ class ChartPin:
     directory: Path
     enabled_by_default: dict[str, bool] = field(default_factory=dict)
     extra_manifests: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # cloud -> why it must not be installed
+
+    @property
+    def oci(self) -> bool:
+        """An OCI chart: Helm takes `oci://<repo>/<name>` as the chart and no repository."""
+        return self.repo.startswith("oci://")
 
     def default_enabled(self, cloud: str) -> bool:
         """Whether the chart is installed on `cloud` when the stack does not say."""
@@ -77,6 +84,7 @@ def load_chart(key: str) -> ChartPin:
         directory=directory,
         enabled_by_default=dict(data.get("enabled_by_default") or {}),
         extra_manifests={k: list(v) for k, v in (data.get("extra_manifests") or {}).items()},
+        refused=dict(data.get("refused") or {}),
     )
 
 

@@ -30,6 +30,11 @@ TIMEOUT_SECONDS = "pulumi.com/timeoutSeconds"
 # Beyond the startup probe's budget, a Deployment waits for a GPU node to be created (GKE/EKS
 # take 5-15 minutes for an 8-GPU node) and for the vLLM image (~10 GB) to be pulled.
 NODE_AND_PULL_SECONDS = 1800
+# Headroom over the estimated weight fetch (download + verify at the config's rates) before
+# Pulumi stops waiting and reports the pod's state. The Job itself keeps its own, longer deadline
+# (model_cache.prefetch_timeout_seconds): a slow download goes on, and the next `pulumi up` waits
+# again, instead of every stuck first deploy holding the terminal for hours.
+FETCH_ESTIMATE_HEADROOM = 1.5
 
 # Objects a workload's pods need to exist first (they fail admission or mounting without them).
 _PREREQUISITE_KINDS = {"Namespace", "PriorityClass", "ServiceAccount", "ConfigMap",
@@ -44,7 +49,10 @@ class InferenceServiceArgs:
     config: DeploymentConfig
     api_keys_json: Optional[pulumi.Input[str]] = None  # the gateway's keys file (hashes only)
     hf_token: Optional[pulumi.Input[str]] = None  # for gated models; None: no token Secret
-    platform: Optional[pulumi.Resource] = None  # the Platform (GPU operator, ingress) it needs
+    platform: Optional[pulumi.Resource] = None  # the Platform (GPU stack, Gateway) it needs
+    # With ledger.central: the central ledger's database args (LedgerDatabase.for_cloud). It is
+    # created after the namespace and its DSN Secret before the Deployment that reads it.
+    ledger_db: Optional[Any] = None
     # False: create the objects without waiting for them to become ready (no GPU, no controller).
     wait_for_ready: bool = True
 
@@ -65,9 +73,9 @@ class InferenceService(pulumi.ComponentResource):
         self.config = config
         self.manifests = [_with_await_annotations(m, config, args.wait_for_ready) for m in manifests]
         if not _has_ingress_controller(config, args.platform):
-            # Nothing will ever give the Ingress an address: awaiting it would only time out.
+            # Nothing will ever give the entry an address: awaiting it would only time out.
             for manifest in self.manifests:
-                if manifest["kind"] == "Ingress":
+                if manifest["kind"] in ("Ingress", "Gateway", "HTTPRoute"):
                     manifest["metadata"].setdefault("annotations", {})[SKIP_AWAIT] = "true"
         platform = [args.platform] if args.platform is not None else []
         keys_file, token_key = _secret_keys(manifests, config)
@@ -89,6 +97,14 @@ class InferenceService(pulumi.ComponentResource):
             token = pulumi.Output.secret(args.hf_token)
             secrets.append(self._secret(name, config.hf_secret_name, "hf-token",
                                         {token_key: token}, args.wait_for_ready, after_namespace))
+        self.ledger = None
+        if args.ledger_db is not None:
+            from inferplane.components.ledger_db import LedgerDatabase
+
+            self.ledger = LedgerDatabase.for_cloud("ledger", args.ledger_db, opts=pulumi.ResourceOptions(
+                parent=self, depends_on=after_namespace))
+            # The gateway reads the DSN from this Secret: without it the pod cannot start.
+            secrets.append(self.ledger.dsn_secret)
         self.secrets = secrets
 
         prerequisites: list[pulumi.Resource] = list(secrets)
@@ -168,11 +184,11 @@ class InferenceService(pulumi.ComponentResource):
 
 
 def _has_ingress_controller(config: DeploymentConfig, platform: Optional[pulumi.Resource]) -> bool:
-    """A `local` cluster has an ingress controller only when our Platform installs one; clouds and
-    `existing` clusters are assumed to have one (the Platform's or their own)."""
+    """A `local` cluster has a Gateway controller only when our Platform installs Envoy Gateway;
+    clouds and `existing` clusters are assumed to have one (the Platform's, GKE's or their own)."""
     if config.cloud != "local":
         return True
-    return getattr(platform, "ingress_nginx", None) is not None
+    return getattr(platform, "envoy_gateway", None) is not None
 
 
 def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
@@ -184,18 +200,27 @@ def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
         annotations[SKIP_AWAIT] = "true"
     elif manifest["kind"] == "Deployment":
         # Pulumi's 10-minute default would fail every first deploy of a 500 GB model: wait for a
-        # node, the image, the weight fetch (a PVC is filled by the Job first) and the load.
-        fetch = config.model_cache.prefetch_timeout_seconds if config.model_cache.kind == "pvc" else 0
+        # node, the image, the weight fetch (a PVC is filled by the Job first) and the load, as
+        # estimated for this config, not the fetch Job's hours-long deadline.
         annotations[TIMEOUT_SECONDS] = str(
-            NODE_AND_PULL_SECONDS + fetch + config.startup_budget_seconds)
+            NODE_AND_PULL_SECONDS + fetch_wait_seconds(config) + config.startup_budget_seconds)
     elif manifest["kind"] == "Job":
-        annotations[TIMEOUT_SECONDS] = str(
-            NODE_AND_PULL_SECONDS + config.model_cache.prefetch_timeout_seconds)
+        annotations[TIMEOUT_SECONDS] = str(NODE_AND_PULL_SECONDS + fetch_wait_seconds(config))
     if not annotations:
         # The engine drops an empty map from the state on create, so every later preview would
         # want to add `annotations: {}` back (seen with the real engine on the keys Secret).
         del manifest["metadata"]["annotations"]
     return manifest
+
+
+def fetch_wait_seconds(config: DeploymentConfig) -> int:
+    """How long Pulumi waits for the weight pre-fetch: the estimate with headroom, within the Job's
+    own deadline (0 when nothing is pre-fetched)."""
+    if config.model_cache.kind != "pvc":
+        return 0
+    cold, warm = config.start_seconds("pvc")
+    estimate = int((cold - warm) * FETCH_ESTIMATE_HEADROOM)
+    return min(estimate, config.model_cache.prefetch_timeout_seconds)
 
 
 def _secret_keys(manifests: list[dict[str, Any]],
@@ -227,8 +252,9 @@ def kubernetes_class(api_version: str, kind: str) -> Optional[type]:
     """The typed pulumi_kubernetes class for a built-in kind (apps/v1 Deployment ->
     pulumi_kubernetes.apps.v1.Deployment), or None for a custom resource."""
     group, _, version = api_version.rpartition("/")
-    if group and "." in group and not group.endswith(".k8s.io"):
-        return None  # keda.sh, monitoring.coreos.com, ...: a CRD
+    if group and "." in group and (not group.endswith(".k8s.io")
+                                   or group == "gateway.networking.k8s.io"):
+        return None  # keda.sh, monitoring.coreos.com, Gateway API, ...: a CRD
     package = group.split(".")[0] if group else "core"
     try:
         module = importlib.import_module(f"pulumi_kubernetes.{package}.{version}")

@@ -6,12 +6,14 @@ and `existing` get one PostgreSQL pod from the official `postgres` image, pinned
 StatefulSet needs no operator or CRDs, which a lab cluster or someone else's cluster may not
 allow; the gateways' spools bridge its restarts. Every variant ends in the same place: the
 Secret `<name>-ledger-db` (config.ledger_secret_name) whose key `url` is the DSN, a Pulumi secret,
-which the gateway reads as INFERPLANE_CENTRAL_LEDGER_URL. The password is the secret stack key
-`inferplane:ledgerDbPassword`; no password is generated or logged here.
+which the gateway reads as INFERPLANE_CENTRAL_LEDGER_URL. The password is generated
+(pulumi_random.RandomPassword, a secret in the state) to each cloud's rules unless the secret stack
+key `inferplane:ledgerDbPassword` gives one, which is then checked against the same rules.
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 from urllib.parse import quote
@@ -28,6 +30,16 @@ DATABASE_NAME = "inferplane"
 USER_NAME = "inferplane"
 POSTGRES_PORT = 5432
 MIN_PASSWORD_CHARS = 16
+GENERATED_PASSWORD_CHARS = 32
+# Special characters a generated password draws from: none of RDS's forbidden / " @ (nor space, nor
+# quotes a shell would need escaped); ledger_dsn() URL-encodes the rest. RDS, MasterUserPassword:
+# "Can include any printable ASCII character except "/", """, or "@"", 8 to 128 characters for
+# PostgreSQL (https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_CreateDBInstance.html).
+# Scaleway, CreateInstance: "Password must be between 8 and 128 characters, contain at least one
+# digit, one uppercase, one lowercase and one special character" (Scaleway's RDB v1 API, as
+# documented in github.com/scaleway/scaleway-sdk-python, scaleway/rdb/v1/api.py).
+PASSWORD_SPECIALS = "-_.~!#%^*+="
+_RDS_FORBIDDEN = set('/"@ ')
 # The official image (Docker Official Images, maintained with PostgreSQL's packagers), pinned to a
 # minor release on Debian bookworm; uid 999 is its `postgres` user.
 POSTGRES_IMAGE = "postgres:17.6-bookworm"
@@ -53,20 +65,47 @@ class LedgerDatabaseArgs:
     """What every ledger database needs: the deployment and the database user's password."""
 
     config: DeploymentConfig
-    password: Optional[pulumi.Input[str]] = None  # required; taken as a secret whatever is passed
+    password: Optional[pulumi.Input[str]] = None  # None: generated; taken as a secret either way
     storage_gib: int = 20
     wait_for_ready: bool = True  # False: create the Kubernetes objects without waiting (no cluster)
+    deletion_protection: bool = True  # managed databases: False lets `pulumi destroy` delete it
 
     def check(self) -> None:
         """Cloud keys; each cloud's args add theirs. Runs before any resource is registered."""
-        if self.password is None:
-            raise ConfigError([("ledgerDbPassword", "required while ledger.central is true; set it "
-                                                    "with `pulumi config set --secret "
-                                                    "inferplane:ledgerDbPassword \"$(openssl rand "
-                                                    "-base64 24)\"`")])
-        if isinstance(self.password, str) and len(self.password) < MIN_PASSWORD_CHARS:
-            raise ConfigError([("ledgerDbPassword", f"shorter than {MIN_PASSWORD_CHARS} characters; "
-                                                    "use e.g. `openssl rand -base64 24`")])
+        if isinstance(self.password, str):
+            problems = password_problems(self.config.cloud, self.password)
+            if problems:
+                raise ConfigError([("ledgerDbPassword", "; ".join(problems) + "; or unset it and "
+                                                        "let the stack generate one")])
+
+
+def password_problems(cloud: str, password: str) -> list[str]:
+    """Why `cloud`'s managed PostgreSQL would refuse `password` (never echoing it)."""
+    problems = []
+    if len(password) < MIN_PASSWORD_CHARS:
+        problems.append(f"shorter than {MIN_PASSWORD_CHARS} characters")
+    if len(password) > 128:
+        problems.append("longer than 128 characters")
+    if cloud == "eks" and (_RDS_FORBIDDEN & set(password)
+                           or any(ord(c) < 33 or ord(c) > 126 for c in password)):
+        problems.append('RDS accepts printable ASCII except / " @ and space')
+    if cloud == "scaleway":
+        classes = [string.ascii_uppercase, string.ascii_lowercase, string.digits]
+        if not all(any(c in group for c in password) for group in classes) or all(
+                c.isalnum() for c in password):
+            problems.append("Scaleway needs an upper-case letter, a lower-case letter, a digit "
+                            "and a special character")
+    return problems
+
+
+def generated_password(name: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """A password every cloud here accepts (upper, lower, digit, special; no / " @), as a secret."""
+    random = import_cloud_sdk("pulumi_random", "pulumi", "A generated ledger password")
+    password = random.RandomPassword(
+        f"{name}-password", length=GENERATED_PASSWORD_CHARS, special=True,
+        override_special=PASSWORD_SPECIALS, min_upper=2, min_lower=2, min_numeric=2, min_special=2,
+        opts=pulumi.ResourceOptions(parent=parent))
+    return pulumi.Output.secret(password.result)
 
 
 @dataclass(kw_only=True)
@@ -147,7 +186,8 @@ class LedgerDatabase(pulumi.ComponentResource):
         self.config = args.config
         self.region = args.config.region
         self.secret_name = args.config.ledger_secret_name
-        self.password = pulumi.Output.secret(args.password)
+        self.password = (pulumi.Output.secret(args.password) if args.password is not None
+                         else generated_password(name, self))
         self.host: pulumi.Output[str]
         self.url: pulumi.Output[str]
         self.dsn_secret: Optional[k8s.core.v1.Secret] = None
@@ -214,15 +254,16 @@ class GkeLedgerDatabase(LedgerDatabase):
             region=config.region,
             project=args.project,
             database_version="POSTGRES_17",
-            # Terraform-level guard (pulumi destroy fails) and the API-level one (console, gcloud).
-            deletion_protection=True,
+            # Terraform-level guard (pulumi destroy fails) and the API-level one (console, gcloud);
+            # inferplane:ledgerDb.deletionProtection: false lifts both (a test stack).
+            deletion_protection=args.deletion_protection,
             settings=sql.DatabaseInstanceSettingsArgs(
                 tier=args.tier,
                 edition="ENTERPRISE",
                 availability_type="REGIONAL",  # a standby in another zone of the same region
                 disk_size=args.storage_gib,
                 disk_autoresize=True,
-                deletion_protection_enabled=True,
+                deletion_protection_enabled=args.deletion_protection,
                 ip_configuration=sql.DatabaseInstanceSettingsIpConfigurationArgs(
                     ipv4_enabled=False, private_network=args.network,
                     ssl_mode="ENCRYPTED_ONLY"),
@@ -258,6 +299,10 @@ class EksLedgerDatabase(LedgerDatabase):
         subnets = aws.rds.SubnetGroup(f"{name}-subnets", region=config.region,
                                       subnet_ids=args.subnet_ids, tags=_tags(config), opts=child)
         identifier = f"{config.name}-ledger"
+        # A final snapshot's name must be new on every destroy: a second destroy of a re-created
+        # stack would otherwise collide with the first one's snapshot and fail.
+        random = import_cloud_sdk("pulumi_random", "pulumi", "The RDS final snapshot name")
+        snapshot_suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child)
         self.instance = aws.rds.Instance(
             f"{name}-postgres",
             region=config.region,  # stated on the resource, not left to the provider's default
@@ -277,9 +322,10 @@ class EksLedgerDatabase(LedgerDatabase):
             publicly_accessible=False,
             multi_az=True,
             backup_retention_period=args.backup_retention_days,
-            deletion_protection=True,
+            deletion_protection=args.deletion_protection,
             skip_final_snapshot=False,
-            final_snapshot_identifier=f"{identifier}-final",
+            final_snapshot_identifier=snapshot_suffix.hex.apply(
+                lambda suffix: f"{identifier}-final-{suffix}"),
             copy_tags_to_snapshot=True,
             tags=_tags(config),
             opts=child,
@@ -323,7 +369,7 @@ class ScalewayLedgerDatabase(LedgerDatabase):
             private_network=scw.databases.InstancePrivateNetworkArgs(
                 pn_id=args.private_network_id, enable_ipam=True),
             tags=[f"inferplane-{config.name}", "inferplane-ledger"],
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
         )
         database = scw.databases.Database(f"{name}-database", region=config.region,
                                           instance_id=self.instance.id, name=DATABASE_NAME,

@@ -2,8 +2,17 @@
 
 The cluster, its VPC and the node IAM role come from the user (eksctl, pulumi-eks, Terraform):
 creating them well is a project of its own. The node group runs the AL2023 NVIDIA AMI, which ships
-the driver and container toolkit. EKS node groups do not scale by themselves: min/max bound the
-Cluster Autoscaler or Karpenter that the cluster runs.
+the driver and container toolkit; the NVIDIA device plugin comes from the Platform (AWS: "When
+using the EKS-optimized AL2023 AMIs with NVIDIA GPUs, you must install the NVIDIA Kubernetes device
+plugin", https://docs.aws.amazon.com/eks/latest/userguide/ml-eks-k8s-device-plugin.html). The GPU
+operator is not used here: NVIDIA's EKS page supports it only on node groups of an OS its platform
+matrix lists (Ubuntu), not the Amazon Linux AMIs
+(https://docs.nvidia.com/datacenter/cloud-native/gpu-operator/latest/amazon-eks.html).
+EKS node groups do not scale by themselves: min/max bound the Cluster Autoscaler or Karpenter.
+
+Capacity: p5-class instances are scarce. `capacity_reservation_id` targets an On-Demand Capacity
+Reservation, and capacity_type CAPACITY_BLOCK runs the group in a Capacity Block for ML, both
+through a launch template (https://docs.aws.amazon.com/eks/latest/userguide/capacity-blocks-mng.html).
 """
 
 from __future__ import annotations
@@ -17,9 +26,15 @@ import pulumi
 from inferplane.components.node_pool import (
     GpuNodePool, GpuNodePoolArgs, checked_machine, import_cloud_sdk, require_args,
 )
+from inferplane.catalog.accelerators import capacity_options
 from inferplane.config import ConfigError
 
 GPU_AMI_TYPE = "AL2023_x86_64_NVIDIA"
+CAPACITY_TYPES = ("ON_DEMAND", "SPOT", "CAPACITY_BLOCK")
+# The AL2023 AMIs' root device, where a launch template sizes the boot disk.
+ROOT_DEVICE = "/dev/xvda"
+# EKS's managed EBS CSI driver add-on: what provisions the weight cache's gp3 volumes.
+EBS_CSI_ADDON = "aws-ebs-csi-driver"
 
 
 @dataclass(kw_only=True)
@@ -29,7 +44,10 @@ class EksGpuNodePoolArgs(GpuNodePoolArgs):
     cluster_name: str
     node_role_arn: str
     subnet_ids: list[str] = field(default_factory=list)  # in the config's region; one AZ with capacity
-    capacity_type: str = "ON_DEMAND"  # or SPOT
+    capacity_type: str = "ON_DEMAND"  # or SPOT, or CAPACITY_BLOCK (needs capacity_reservation_id)
+    capacity_reservation_id: Optional[str] = None  # cr-...: an ODCR or a Capacity Block
+    # The IAM role of EBS CSI's controller (IRSA); set: the aws-ebs-csi-driver add-on is installed.
+    ebs_csi_role_arn: Optional[str] = None
 
     def check(self) -> None:
         problems = []
@@ -40,8 +58,28 @@ class EksGpuNodePoolArgs(GpuNodePoolArgs):
                                                 "e.g. arn:aws:iam::123456789012:role/eks-nodes"))
         if not self.subnet_ids:
             problems.append(("eks.subnetIds", "required; one or more subnet ids in the region"))
-        if self.capacity_type not in ("ON_DEMAND", "SPOT"):
-            problems.append(("eks.capacityType", f"{self.capacity_type!r}; use ON_DEMAND or SPOT"))
+        if self.capacity_type not in CAPACITY_TYPES:
+            problems.append(("eks.capacityType", f"{self.capacity_type!r}; use ON_DEMAND, SPOT or "
+                                                 "CAPACITY_BLOCK"))
+        if self.capacity_type == "CAPACITY_BLOCK" and not self.capacity_reservation_id:
+            problems.append(("eks.capacityReservationId", "required with capacityType "
+                                                          "CAPACITY_BLOCK: the Capacity Block's "
+                                                          "reservation id (cr-...)"))
+        if self.capacity_type == "SPOT" and self.capacity_reservation_id:
+            problems.append(("eks.capacityReservationId", "not with capacityType SPOT; use "
+                                                          "ON_DEMAND or CAPACITY_BLOCK"))
+        if self.capacity_reservation_id and not self.capacity_reservation_id.startswith("cr-"):
+            problems.append(("eks.capacityReservationId", f"{self.capacity_reservation_id!r} is "
+                                                          "not a reservation id; use cr-..."))
+        if self.ebs_csi_role_arn is not None and not self.ebs_csi_role_arn.startswith("arn:aws"):
+            problems.append(("eks.ebsCsiRoleArn", "an IAM role ARN for the EBS CSI controller"))
+        machine = self.config.accelerator_spec.machine_types.get("eks")
+        wanted = {"ON_DEMAND": "reservation" if self.capacity_reservation_id else "on_demand",
+                  "SPOT": "spot", "CAPACITY_BLOCK": "capacity_block"}.get(self.capacity_type)
+        if machine and wanted and wanted not in capacity_options("eks", machine):
+            problems.append(("eks.capacityType", f"{machine.name} is not sold as "
+                                                 f"{wanted.replace('_', ' ')}; use "
+                                                 f"{', '.join(capacity_options('eks', machine))}"))
         if problems:
             raise ConfigError(problems)
 
@@ -59,6 +97,33 @@ class EksGpuNodePool(GpuNodePool):
         aws = import_cloud_sdk("pulumi_aws", "aws", "An EKS node group")
         super().__init__(name, args, machine, opts)
         config = args.config
+        child = pulumi.ResourceOptions(parent=self)
+        launch_template = None
+        if args.capacity_reservation_id:
+            # Reservations are reached only through a launch template; it then sizes the disk.
+            launch_template = aws.ec2.LaunchTemplate(
+                f"{name}-gpu",
+                region=config.region,
+                update_default_version=True,
+                block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name=ROOT_DEVICE, ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=args.boot_disk_gib(), volume_type="gp3",
+                        encrypted="true", delete_on_termination="true"))],
+                capacity_reservation_specification=(
+                    aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+                        capacity_reservation_target=(
+                            aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                                capacity_reservation_id=args.capacity_reservation_id)))),
+                instance_market_options=(
+                    aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+                    if args.capacity_type == "CAPACITY_BLOCK" else None),
+                tags={"inferplane.io/deployment": config.name},
+                opts=child,
+            )
+        if args.ebs_csi_role_arn:
+            aws.eks.Addon(f"{name}-ebs-csi", cluster_name=args.cluster_name, region=config.region,
+                          addon_name=EBS_CSI_ADDON, service_account_role_arn=args.ebs_csi_role_arn,
+                          opts=child)
 
         self.node_group = aws.eks.NodeGroup(
             f"{name}-gpu",
@@ -70,7 +135,10 @@ class EksGpuNodePool(GpuNodePool):
             instance_types=[machine.name],
             ami_type=GPU_AMI_TYPE,
             capacity_type=args.capacity_type,
-            disk_size=args.boot_disk_gib(),
+            disk_size=None if launch_template else args.boot_disk_gib(),
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id, version=launch_template.latest_version.apply(str))
+            if launch_template else None,
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=self.min_nodes, max_size=self.max_nodes, desired_size=self.min_nodes),
             # GPU capacity is scarce: replace one node at a time.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,6 +27,17 @@ from inferplane.config import ConfigError, DeploymentConfig, Section, from_mappi
 
 NAMESPACE = "inferplane"
 SECRET_KEYS = ("hfToken", "apiKeysJson", "ledgerDbPassword")
+# Values the shipped stack files (stacks/Pulumi.*.yaml) carry as examples: a stack that still holds
+# one would fail late in the cloud (no such cluster, account or subnet) or request a certificate
+# for a domain no one owns (RFC 2606 reserves example.*). Refused before any resource exists.
+PLACEHOLDER_PATTERNS = (
+    re.compile(r"\b123456789012\b"),  # the AWS documentation's account id
+    re.compile(r"^my-"),  # my-cluster, my-eu-project, my-cluster-nodes
+    re.compile(r"/my-[a-z-]+/"),  # projects/my-eu-project/...
+    re.compile(r"^(subnet|sg)-0123456789abcdef0$"),
+    re.compile(r"^(subnet|sg)-0([a-f])\2{15}$"),  # subnet-0aaaaaaaaaaaaaaaa
+    re.compile(r"(^|[.@])example\.(eu|com|org|net)$"),
+)
 
 
 class _Options(BaseModel):
@@ -42,8 +54,12 @@ class NodePoolOptions(_Options):
 
 class PlatformOptions(_Options):
     gpu_operator: Optional[bool] = Field(None, alias="gpuOperator")
-    ingress_nginx: Optional[bool] = Field(None, alias="ingressNginx")
+    nvidia_device_plugin: Optional[bool] = Field(None, alias="nvidiaDevicePlugin")
+    envoy_gateway: Optional[bool] = Field(None, alias="envoyGateway")
     cert_manager: Optional[bool] = Field(None, alias="certManager")
+    keda: Optional[bool] = None
+    prometheus_crds: Optional[bool] = Field(None, alias="prometheusCrds")
+    storage_class: Optional[bool] = Field(None, alias="storageClass")
     acme_email: Optional[str] = Field(None, alias="acmeEmail")
 
 
@@ -57,13 +73,18 @@ class GkeOptions(_Options):
                                  pattern="^(RAPID|REGULAR|STABLE|EXTENDED)$")
     system_machine_type: str = Field("e2-standard-4", alias="systemMachineType")
     deletion_protection: bool = Field(False, alias="deletionProtection")
+    capacity: str = Field("on_demand", pattern="^(on_demand|reservation|spot|flex_start)$")
+    reservation: Optional[str] = None
 
 
 class EksOptions(_Options):
     cluster_name: str = Field("", alias="clusterName")
     node_role_arn: str = Field("", alias="nodeRoleArn")
     subnet_ids: list[str] = Field(default_factory=list, alias="subnetIds")
-    capacity_type: str = Field("ON_DEMAND", alias="capacityType")
+    capacity_type: str = Field("ON_DEMAND", alias="capacityType",
+                               pattern="^(ON_DEMAND|SPOT|CAPACITY_BLOCK)$")
+    capacity_reservation_id: Optional[str] = Field(None, alias="capacityReservationId")
+    ebs_csi_role_arn: Optional[str] = Field(None, alias="ebsCsiRoleArn")
 
 
 class ScalewayOptions(_Options):
@@ -85,6 +106,7 @@ class LedgerDbOptions(_Options):
     storage_gib: int = Field(20, alias="storageGib", ge=10)
     backup_retention_days: int = Field(7, alias="backupRetentionDays", ge=7, le=35)
     storage_class: Optional[str] = Field(None, alias="storageClass")  # local/existing
+    deletion_protection: bool = Field(True, alias="deletionProtection")  # Cloud SQL, RDS
 
 
 class StackOptions(_Options):
@@ -140,8 +162,11 @@ class StackSettings:
     def platform_args(self) -> PlatformArgs:
         platform = self.options.platform
         return PlatformArgs(config=self.deployment, gpu_operator=platform.gpu_operator,
-                            ingress_nginx=platform.ingress_nginx,
-                            cert_manager=platform.cert_manager, acme_email=platform.acme_email)
+                            nvidia_device_plugin=platform.nvidia_device_plugin,
+                            envoy_gateway=platform.envoy_gateway,
+                            cert_manager=platform.cert_manager, keda=platform.keda,
+                            prometheus_crds=platform.prometheus_crds,
+                            storage_class=platform.storage_class, acme_email=platform.acme_email)
 
     def node_pool_args(self) -> GpuNodePoolArgs:
         """The typed args of this cloud's node pool (no cloud SDK is imported for it)."""
@@ -157,13 +182,16 @@ class StackSettings:
                 gpu_operator=self.platform_args().switches()["gpu-operator"],
                 gpu_driver_version=gke.gpu_driver_version, release_channel=gke.release_channel,
                 system_machine_type=gke.system_machine_type,
-                deletion_protection=gke.deletion_protection)
+                deletion_protection=gke.deletion_protection, capacity=gke.capacity,
+                reservation=gke.reservation)
         if config.cloud == "eks":
             from inferplane.components.node_pool_eks import EksGpuNodePoolArgs
             eks = self.options.eks
             return EksGpuNodePoolArgs(
                 **common, cluster_name=eks.cluster_name, node_role_arn=eks.node_role_arn,
-                subnet_ids=list(eks.subnet_ids), capacity_type=eks.capacity_type)
+                subnet_ids=list(eks.subnet_ids), capacity_type=eks.capacity_type,
+                capacity_reservation_id=eks.capacity_reservation_id,
+                ebs_csi_role_arn=eks.ebs_csi_role_arn)
         if config.cloud == "scaleway":
             from inferplane.components.node_pool_scaleway import ScalewayGpuNodePoolArgs
             scw = self.options.scaleway
@@ -185,7 +213,8 @@ class StackSettings:
             return None
         common: dict[str, Any] = dict(
             config=config, password=password if password is not None else self.ledger_db_password,
-            storage_gib=options.storage_gib, wait_for_ready=self.options.wait_for_ready)
+            storage_gib=options.storage_gib, wait_for_ready=self.options.wait_for_ready,
+            deletion_protection=options.deletion_protection)
         sized = {"gke": "tier", "eks": "instance_class", "scaleway": "node_type"}.get(config.cloud)
         if sized and options.instance_type:
             common[sized] = options.instance_type
@@ -239,6 +268,15 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
     if problems or deployment is None:
         raise _stack_error(problems)
 
+    problems += placeholder_problems(deployment_data, options_data)
+    if (deployment.edge != "none" and "host" not in (deployment_data.get("ingress") or {})
+            and PLACEHOLDER_PATTERNS[-1].search(deployment.ingress.host)):
+        problems.append(("ingress.host", f"the default {deployment.ingress.host!r} is an example "
+                                         "domain; set the host your endpoint answers on: "
+                                         f"pulumi config set --path '{NAMESPACE}:ingress.host' "
+                                         "llm.your-domain.eu"))
+    if problems:
+        raise _stack_error(problems)
     settings = StackSettings(deployment=deployment, options=options)
     # Read as text to check it now; it stays a secret from here on.
     ledger_password = config.get("ledgerDbPassword")
@@ -264,6 +302,26 @@ def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings
     if ledger_password is not None:
         settings.ledger_db_password = pulumi.Output.secret(ledger_password)
     return settings
+
+
+def placeholder_problems(*sections: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for each example value of the shipped stack files still set."""
+    problems = []
+
+    def visit(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{path}.{key}" if path else key, item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(path, item)
+        elif isinstance(value, str) and any(p.search(value) for p in PLACEHOLDER_PATTERNS):
+            problems.append((path, f"{value!r} is the stack file's example value; set yours: "
+                                   f"pulumi config set --path '{NAMESPACE}:{path}' <value>"))
+
+    for section in sections:
+        visit("", section)
+    return sorted(set(problems))
 
 
 def _warn_unless_secret(keys: tuple[str, ...]) -> None:

@@ -20,6 +20,8 @@ import pulumi
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
+# What a generated password (pulumi_random.RandomPassword) is under the mocks.
+MOCK_GENERATED_PASSWORD = "Mock-Generated-Pa55word-0f-32-chars"
 # The wrapper the engine protocol puts around a secret value.
 SECRET_SIGNATURE = rpc._special_sig_key
 SECRET_VALUE_SIGNATURE = rpc._special_secret_sig
@@ -86,6 +88,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
             # Scaleway reports the endpoint it gave the database on the Private Network.
             outputs["privateNetwork"] = {"ip": "172.16.4.2", "port": 5432,
                                          **outputs["privateNetwork"]}
+        elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            outputs.setdefault("latestVersion", 1)
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = MOCK_GENERATED_PASSWORD
+        elif args.typ == "random:index/randomId:RandomId":
+            outputs["hex"] = "0a1b2c3d"
         return resource_id, outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
@@ -210,3 +218,35 @@ def run_stack_program(path: str | Path) -> dict[str, Export]:
 
     run_program(program)
     return exported
+
+
+# Stand-ins for the example values of the shipped stack files, which the program refuses
+# (pulumi_config.PLACEHOLDER_PATTERNS): what a user would have set instead.
+STACK_FILE_FILLS = {
+    "my-cluster": "prod-eu",
+    "arn:aws:iam::123456789012:role/my-cluster-nodes": "arn:aws:iam::210987654321:role/prod-eu-nodes",
+    "subnet-0123456789abcdef0": "subnet-07f3a9c2e1d4b5a60",
+    "subnet-0aaaaaaaaaaaaaaaa": "subnet-03c1d2e4f5a6b7c80",
+    "subnet-0bbbbbbbbbbbbbbbb": "subnet-09e8d7c6b5a4f3e20",
+    "sg-0cccccccccccccccc": "sg-04b3c2d1e0f9a8b70",
+    "my-eu-project": "acme-inference-eu",
+    "projects/my-eu-project/global/networks/default": "projects/acme-inference-eu/global/networks/default",
+    "llm.example.eu": "llm.acme-inference.eu",
+    "ops@example.eu": "ops@acme-inference.eu",
+}
+
+
+def shipped_stack_config(stack: str) -> dict[str, Any]:
+    """stacks/Pulumi.<stack>.yaml's config with its example values replaced by plausible ones."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[3] / "stacks" / f"Pulumi.{stack}.yaml"
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return STACK_FILE_FILLS.get(value, value) if isinstance(value, str) else value
+
+    return fill(dict(yaml.safe_load(path.read_text())["config"]))

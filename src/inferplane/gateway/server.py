@@ -14,9 +14,11 @@ from inferplane.gateway.app import GatewayApp
 from inferplane.gateway.http_limits import RequestLimits, bounded_protocol
 from inferplane.gateway.settings import GatewaySettings
 
-# Longer than the ingress' upstream keep-alive (nginx: 60 s), so that the proxy, not the
-# gateway, closes idle connections: no request is ever sent on a connection being closed.
-KEEP_ALIVE_SECONDS = 75
+# Longer than the proxy's idle upstream connections live, so that the proxy, not the gateway,
+# closes them and no request is ever sent on a connection being closed: GKE's load balancers keep
+# backend connections up to 600 s (https://cloud.google.com/load-balancing/docs/https#timeouts_and_retries),
+# Envoy Gateway 60 s (our BackendTrafficPolicy), an nginx Ingress 60 s.
+KEEP_ALIVE_SECONDS = 620
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
