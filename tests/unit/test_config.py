@@ -174,3 +174,20 @@ def test_cold_and_warm_start_estimates_per_cache_kind(make_config):
     assert config.start_seconds("empty_dir") == pytest.approx((download + 600, download + 600))
     faster = make_config(model_cache={"download_gb_per_second": 1.0})
     assert faster.start_seconds("empty_dir")[0] == pytest.approx(506.8 + 600)
+
+
+def test_tool_calling_for_a_model_without_a_known_parser_is_an_error_naming_the_field(monkeypatch):
+    import dataclasses
+
+    from inferplane.catalog import models
+
+    bare = dataclasses.replace(models.MODELS["llama-3.3-70b-instruct"], key="no-parser-model",
+                               tool_calling=None)
+    monkeypatch.setitem(models.MODELS, "no-parser-model", bare)
+    found = problems({"model": {"name": "no-parser-model", "tool_calling": True}})
+    message = found["model"]
+    assert "model.tool_calling" in message and "no-parser-model" in message
+    assert "tool_calling: false" in message
+    # Left unset it follows the catalog: off for this model, on for Nemotron.
+    assert from_mapping({"model": {"name": "no-parser-model"}}).model.tool_calling_enabled is False
+    assert from_mapping({}).model.tool_calling_enabled is True

@@ -209,6 +209,8 @@ class NemotronToolParser(ToolParser):
             self._after_end_sent = len(after_text)
         if not deltas and content is None:
             return None
+        if content is None:  # unset, not null: the chunk's delta then holds only tool_calls
+            return DeltaMessage(tool_calls=deltas)
         return DeltaMessage(content=content, tool_calls=deltas)
 
     def _content_up_to(self, text: str, stop: int) -> DeltaMessage | None:
