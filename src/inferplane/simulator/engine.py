@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from inferplane.catalog import ReasoningStyle
+from inferplane.simulator.agentic import AgenticOutput, plan_agentic, split_pieces
 from inferplane.simulator.generation import THINK_OVERHEAD_TOKENS, TextGenerator, prompt_digest
 from inferplane.simulator.metrics import ModelStats, SimulatorMetrics
 from inferplane.simulator.protocol import ChatCompletionRequest, ClientError, CompletionRequest
@@ -20,6 +21,7 @@ from inferplane.simulator.tokens import (
     COMPLETION_PRIMER_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
     count_text_tokens,
+    count_tools_tokens,
     message_text,
 )
 
@@ -50,6 +52,7 @@ class Generation:
     pieces: list[str]
     finish_reason: str
     cached_tokens: int = 0
+    agentic: AgenticOutput | None = None  # tool calls or a JSON answer (simulator/agentic.py)
     prefix_keys: list[tuple[int, int]] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
     admitted: float = 0.0  # when it got a batch slot; prefill (TTFT) starts here
@@ -120,6 +123,9 @@ class SimulatedEngine:
             prompt_tokens += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(text)
             texts.append(f"{message.role}\x00{text}")
             boundaries.append((texts[-1], prompt_tokens))
+        if request.tools:
+            # The chat template lists the tools in the system turn.
+            prompt_tokens += count_tools_tokens(request.tools)
         reasoning_tokens = 0
         if model.reasoning_style is ReasoningStyle.SYSTEM_PROMPT and reasoning_requested(
             request.messages, model.reasoning_prompts, model.reasoning_default_on
@@ -129,8 +135,11 @@ class SimulatedEngine:
                      else request.max_tokens)
         param = ("max_completion_tokens" if request.max_completion_tokens is not None
                  else "max_tokens")
+        agentic = plan_agentic(request, prompt_digest("\x01".join(texts), request.seed))
+        if agentic is not None:
+            reasoning_tokens = 0  # tool calls and JSON answers come without a think block
         generation = self._plan(model, prompt_tokens, "\x01".join(texts), request, requested, param,
-                                reasoning_tokens, continuation=False)
+                                reasoning_tokens, continuation=False, agentic=agentic)
         if self.settings.enable_prompt_tokens_details:
             self._apply_prefix_cache(generation, boundaries)
         return generation
@@ -155,7 +164,7 @@ class SimulatedEngine:
 
     def _plan(self, model: ServedModel, prompt_tokens: int, prompt_text: str, request,
               requested: int | None, param: str, reasoning_tokens: int,
-              continuation: bool) -> Generation:
+              continuation: bool, agentic: AgenticOutput | None = None) -> Generation:
         max_len = model.max_model_len
         if requested is not None and requested < 1:
             raise ClientError(f"{param} must be at least 1, got {requested}.", param=param)
@@ -178,6 +187,11 @@ class SimulatedEngine:
             length, finish_reason = max_tokens, "length"
         else:
             length, finish_reason = natural, "stop"
+        if agentic is not None:
+            pieces = split_pieces(agentic.text)
+            if len(pieces) > max_tokens:  # cut short: the text as far as it got, unparsed
+                return Generation(model, prompt_tokens, max_tokens, pieces[:max_tokens], "length")
+            return Generation(model, prompt_tokens, max_tokens, pieces, "stop", agentic=agentic)
         digest = prompt_digest(prompt_text, request.seed)
         pieces = self.generator.pieces(digest, reasoning_tokens, length, continuation)
         return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason)

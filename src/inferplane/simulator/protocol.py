@@ -1,7 +1,7 @@
 """The request bodies vLLM's OpenAI server accepts, and its error shape.
 
 Requests are validated with pydantic straight from the raw bytes (one pass, in Rust). Fields the
-simulator does not model (temperature, stop, tools, ...) are accepted and ignored, as vLLM
+simulator does not model (temperature, stop, ...) are accepted and ignored, as vLLM
 accepts fields it does not know; fields it does model are type-checked, and every problem comes
 back as a 400 naming the field, never a 500.
 """
@@ -107,6 +107,11 @@ class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    # The agentic API (simulator/agentic.py answers them as vLLM with our Nemotron plugin)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_GenerationRequest):

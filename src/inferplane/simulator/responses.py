@@ -41,6 +41,13 @@ def usage(generation: Generation, completion_tokens: int, details: bool) -> dict
 
 
 def chat_completion_body(generation: Generation, rid: str, details: bool) -> dict:
+    agentic = generation.agentic
+    if agentic is None:
+        content, tool_calls = "".join(generation.pieces), []
+        finish_reason = generation.finish_reason
+    else:
+        content, tool_calls, finish_reason = (agentic.content, agentic.tool_calls,
+                                              agentic.finish_reason)
     return {
         "id": rid,
         "object": "chat.completion",
@@ -48,10 +55,10 @@ def chat_completion_body(generation: Generation, rid: str, details: bool) -> dic
         "model": generation.model.name,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": "".join(generation.pieces),
-                        "refusal": None, "tool_calls": [], "reasoning": None},
+            "message": {"role": "assistant", "content": content,
+                        "refusal": None, "tool_calls": tool_calls, "reasoning": None},
             "logprobs": None,
-            "finish_reason": generation.finish_reason,
+            "finish_reason": finish_reason,
             "stop_reason": None,
         }],
         "usage": usage(generation, generation.completion_tokens, details)
@@ -115,6 +122,8 @@ class ChunkWriter:
     def token(self, index: int) -> bytes:
         """The chunk of piece `index` (0-based); the last piece carries the finish reason."""
         generation = self.generation
+        if generation.agentic is not None:
+            return self._agentic_token(index)
         if index + 1 < generation.completion_tokens:
             tail = '"logprobs":null,"finish_reason":null}'
         else:
@@ -122,6 +131,20 @@ class ChunkWriter:
                     '"stop_reason":null}')
         return (self._prefix + self._open + _escape(generation.pieces[index]) + self._close + tail
                 + self._usage_suffix(index + 1)).encode()
+
+    def _agentic_token(self, index: int) -> bytes:
+        """Tool-call and JSON streams: the delta vLLM sends for this token, or nothing."""
+        agentic = self.generation.agentic
+        delta = agentic.deltas[index]
+        last = index + 1 == self.generation.completion_tokens
+        if delta is None and not last:
+            return b""  # vLLM sends no chunk for a token that changes no field
+        if last:
+            tail = f'"logprobs":null,"finish_reason":"{agentic.finish_reason}","stop_reason":null}}'
+        else:
+            tail = '"logprobs":null,"finish_reason":null}'
+        return (self._prefix + '{"index":0,"delta":' + json.dumps(delta or {}, ensure_ascii=False)
+                + "," + tail + self._usage_suffix(index + 1)).encode()
 
     def final_usage(self) -> bytes | None:
         if not self.include_usage:
