@@ -35,6 +35,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens (vLLM's reasoning parser counts them)
 
     @property
     def total_tokens(self) -> int:
@@ -53,7 +54,9 @@ def usage_from_mapping(usage: object) -> Usage | None:
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(_count(prompt), _count(completion), _count(cached))
+    output = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    reasoning = output.get("reasoning_tokens") if isinstance(output, dict) else None
+    return Usage(_count(prompt), _count(completion), _count(cached), _count(reasoning))
 
 
 def _value_end(data: bytes, start: int) -> int:

@@ -32,7 +32,9 @@ GROUP_ALIASES = {"key": "key_id", "key_id": "key_id", "tenant": "tenant", "model
                  "endpoint": "endpoint", "day": "day", "month": "month"}
 GROUP_HEADERS = {"key_id": "key", "tenant": "tenant", "model": "model", "endpoint": "endpoint",
                  "day": "day (UTC)", "month": "month (UTC)"}
-MEASURES = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")
+# reasoning_tokens are part of completion_tokens (billed at the output price), shown apart.
+MEASURES = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+            "cost")
 OUTPUT_FORMATS = ("table", "csv", "json")
 
 
@@ -62,7 +64,8 @@ def _cost(value: Decimal) -> str:
 def _row_dict(row: UsageSummaryRow) -> dict[str, object]:
     return {**row.group, "currency": row.currency, "requests": row.requests,
             "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-            "cached_tokens": row.cached_tokens, "cost": _cost(row.cost)}
+            "reasoning_tokens": row.reasoning_tokens, "cached_tokens": row.cached_tokens,
+            "cost": _cost(row.cost)}
 
 
 def render_json(report: UsageReport) -> str:
@@ -91,7 +94,8 @@ def render_csv(report: UsageReport) -> str:
 def render_table(report: UsageReport) -> str:
     """Aligned columns with a TOTAL line per currency; costs padded to one decimal scale."""
     labels = [GROUP_HEADERS[name] for name in report.group_by] or [""]
-    headers = labels + ["requests", "prompt tokens", "completion tokens", "cached tokens", "cost", "currency"]
+    headers = labels + ["requests", "prompt tokens", "completion tokens", "reasoning tokens",
+                        "cached tokens", "cost", "currency"]
     shown = ([] if not report.group_by else report.rows) + report.totals
     # Padding with zeros keeps the value exact and lines the decimal points up.
     places = max((-row.cost.as_tuple().exponent for row in shown if row.cost.as_tuple().exponent < 0), default=0)
@@ -99,7 +103,8 @@ def render_table(report: UsageReport) -> str:
     def cells(row: UsageSummaryRow, label_cells: list[str]) -> list[str]:
         cost = row.cost.quantize(Decimal(1).scaleb(-places)) if places else row.cost
         return label_cells + [f"{row.requests:,}", f"{row.prompt_tokens:,}", f"{row.completion_tokens:,}",
-                              f"{row.cached_tokens:,}", _cost(cost), row.currency]
+                              f"{row.reasoning_tokens:,}", f"{row.cached_tokens:,}", _cost(cost),
+                              row.currency]
 
     body = [cells(row, [str(row.group[name]) for name in report.group_by])
             for row in (report.rows if report.group_by else [])]
