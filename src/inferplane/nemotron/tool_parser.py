@@ -110,6 +110,7 @@ class NemotronToolParser(ToolParser):
         self._names_sent = 0
         self._arguments_sent = 0
         self._after_end_sent = 0  # characters after </TOOLCALL> already sent as content
+        self._not_a_call = False
 
     def adjust_request(self, request: Any) -> Any:
         request = super().adjust_request(request)
@@ -160,6 +161,8 @@ class NemotronToolParser(ToolParser):
         request: Any,
     ) -> DeltaMessage | None:
         start = current_text.find(START)
+        if self._not_a_call:  # <TOOLCALL> was not followed by a call array: it is all text
+            return self._content_up_to(current_text, len(current_text))
         if start < 0:
             # Plain text so far; hold back a possible "<TOOL" at the end until it is decided.
             safe = len(current_text) - _partial_tag_length(current_text, START)
@@ -175,7 +178,10 @@ class NemotronToolParser(ToolParser):
         try:
             calls, next_position, _ = _complete_calls(body)
         except ValueError:
-            return before
+            if self._names_sent:  # calls already went out: keep them, drop the rest
+                return before
+            self._not_a_call = True  # as extract_tool_calls would: the text stays content
+            return self._content_up_to(current_text, len(current_text))
         deltas: list[DeltaToolCall] = []
         # The call being generated: announce its name once the name string is complete.
         pending_name = None
