@@ -50,8 +50,9 @@ class ModelConfig(Section):
     """Which model and how vLLM serves it."""
 
     name: str = Field("nemotron-ultra-253b", description="catalog key of the model")
-    engine: Literal["vllm", "simulator"] = Field(
-        "vllm", description="simulator: inferplane's stand-in (no GPU, no weights) for kind/demos")
+    engine: Literal["vllm", "simulator", "vllm-cpu"] = Field(
+        "vllm", description="simulator: inferplane's stand-in (no GPU, no weights) for kind/demos; "
+        "vllm-cpu: real vLLM's CPU build with a tiny Nemotron-NAS checkpoint (`inferplane dev`)")
     served_name: str | None = Field(None, description="model id clients send; default: the HF repo")
     revision: str | None = Field(None, description="HF branch, tag or commit to pin; default: main")
     max_model_len: int | None = Field(None, gt=0, description="context tokens; default: the model's")

