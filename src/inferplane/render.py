@@ -199,6 +199,8 @@ def simulator_args(config: DeploymentConfig) -> list[str]:
     ]
     if config.model.max_num_seqs:
         args += ["--max-num-seqs", str(config.model.max_num_seqs)]
+    if not config.model.tool_calling_enabled:
+        args.append("--no-enable-auto-tool-choice")
     return args
 
 

@@ -214,3 +214,26 @@ def test_schema_instances_are_valid_for_many_seeds(seed):
     jsonschema.validate(instance(PERSON, seed), PERSON)
     for name in ("get_weather", "get_time"):
         jsonschema.validate(instance(schema_of(name), seed), schema_of(name))
+
+
+def test_without_tool_calling_the_simulator_refuses_tool_choices_as_vllm_does(tmp_path):
+    from inferplane.config import examples_dir, load
+    from inferplane.simulator import SimulatorSettings
+
+    config = load(examples_dir() / "nemotron-ultra.yaml")
+    config.model.tool_calling = False
+    settings = SimulatorSettings.from_deployment(config)
+    assert settings.enable_auto_tool_choice is False
+    with running_data_plane(tmp_path, settings) as plane:
+        key, _ = plane.add_key()
+        client = plane.client(key)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=plane.model, messages=ASK, tools=TOOLS,
+                                           tool_choice="auto")
+        assert "--enable-auto-tool-choice" in caught.value.message
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=plane.model, messages=ASK, tools=TOOLS,
+                                           tool_choice="required")
+        assert '"required" requires --tool-call-parser' in caught.value.message
+        unset = client.chat.completions.create(model=plane.model, messages=ASK, tools=TOOLS)
+        assert unset.choices[0].finish_reason == "stop" and not unset.choices[0].message.tool_calls

@@ -138,9 +138,12 @@ def test_tool_calling_off_drops_flags_and_files_but_keeps_the_reasoning_parser(m
     assert set(files_map["data"]) == {"reasoning_parser.py"}
 
 
-def test_simulator_engine_mounts_no_vllm_files(make_config):
+def test_simulator_engine_mounts_no_vllm_files_and_follows_tool_calling(make_config):
     manifests = render(make_config(model={"engine": "simulator"}))
     assert not [m for m in manifests if m["metadata"]["name"].endswith("-vllm-files")]
+    assert "--no-enable-auto-tool-choice" not in containers(manifests)[0]["vllm"]["args"]
+    off = render(make_config(model={"engine": "simulator", "tool_calling": False}))
+    assert "--no-enable-auto-tool-choice" in containers(off)[0]["vllm"]["args"]
 
 
 def pod_annotations(manifests):

@@ -59,13 +59,24 @@ def split_pieces(text: str) -> list[str]:
     return pieces
 
 
-def plan_agentic(request: Any, digest: int) -> AgenticOutput | None:
-    """The tool call or JSON answer for a chat request, or None when free text is right."""
+def plan_agentic(request: Any, digest: int, tool_parsing: bool = True) -> AgenticOutput | None:
+    """The tool call or JSON answer for a chat request, or None when free text is right.
+
+    `tool_parsing` is vLLM's --enable-auto-tool-choice with a parser; without it vLLM refuses
+    every tool choice but "none" (and unset), with these messages."""
     tools = _function_tools(request)
     choice = request.tool_choice
     if choice is not None and not tools and choice != "none":
         raise ClientError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
-    if tools and choice != "none":
+    if not tool_parsing and choice not in (None, "none"):
+        if choice == "auto":
+            raise ClientError('"auto" tool choice requires --enable-auto-tool-choice and '
+                              "--tool-call-parser to be set", param="tool_choice")
+        described = (f'function "{(choice.get("function") or {}).get("name")}"'
+                     if isinstance(choice, dict) else f'"{choice}"')
+        raise ClientError(f"tool_choice={described} requires --tool-call-parser to be set",
+                          param="tool_choice")
+    if tools and tool_parsing and choice != "none":
         named = _named_choice(choice, tools)
         if named is not None:
             return _guided_named(named, digest)

@@ -135,7 +135,8 @@ class SimulatedEngine:
                      else request.max_tokens)
         param = ("max_completion_tokens" if request.max_completion_tokens is not None
                  else "max_tokens")
-        agentic = plan_agentic(request, prompt_digest("\x01".join(texts), request.seed))
+        agentic = plan_agentic(request, prompt_digest("\x01".join(texts), request.seed),
+                               self.settings.enable_auto_tool_choice)
         if agentic is not None:
             reasoning_tokens = 0  # tool calls and JSON answers come without a think block
         generation = self._plan(model, prompt_tokens, "\x01".join(texts), request, requested, param,
