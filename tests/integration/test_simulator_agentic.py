@@ -15,6 +15,7 @@ from inferplane.gateway.testing import running_data_plane
 from inferplane.simulator.agentic import instance
 from inferplane.simulator.tokens import count_chat_prompt_tokens
 
+from .test_gateway_dev import dev_server  # noqa: F401 - the `inferplane dev` fixture
 from .test_gateway_metering import wait_for_record
 
 WEATHER = {"type": "function", "function": {
@@ -237,3 +238,12 @@ def test_without_tool_calling_the_simulator_refuses_tool_choices_as_vllm_does(tm
         assert '"required" requires --tool-call-parser' in caught.value.message
         unset = client.chat.completions.create(model=plane.model, messages=ASK, tools=TOOLS)
         assert unset.choices[0].finish_reason == "stop" and not unset.choices[0].message.tool_calls
+
+
+def test_inferplane_dev_answers_a_tools_request_with_tool_calls(dev_server):
+    client = openai.OpenAI(base_url=dev_server.printed("Base URL"),
+                           api_key=dev_server.printed("API key"), max_retries=0, timeout=30)
+    response = client.chat.completions.create(model=dev_server.printed("Model"), messages=ASK,
+                                              tools=TOOLS)
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert_valid_calls(response.choices[0].message.tool_calls, ["get_weather"])
