@@ -225,7 +225,11 @@ def _guided_required(tools: list[dict[str, Any]], digest: int) -> AgenticOutput:
         for i, (a, b) in enumerate(spans):
             if b <= start or a >= end:
                 continue
-            entry = {"index": index, "function": {"arguments": text[max(a, start):min(b, end)]}}
+            piece_arguments = text[max(a, start):min(b, end)]
+            if i == first:  # vLLM's first chunk of a call: id, name and the arguments so far
+                deltas[i]["tool_calls"][-1]["function"]["arguments"] = piece_arguments
+                continue
+            entry = {"index": index, "function": {"arguments": piece_arguments}}
             if deltas[i] is None:
                 deltas[i] = {"tool_calls": [entry]}
             else:
