@@ -117,9 +117,16 @@ class NemotronToolParser(ToolParser):
         # If the tokenizer made the markers special tokens, decoding would drop them and the
         # parser would see bare JSON: keep special tokens in the text of tool requests.
         if getattr(request, "tools", None) and request.tool_choice != "none" \
-                and START in self.vocab:
+                and self._marker_is_special():
             request.skip_special_tokens = False
         return request
+
+    def _marker_is_special(self) -> bool:
+        """True when <TOOLCALL> is one token that decoding with skip_special_tokens drops."""
+        token_id = self.vocab.get(START)
+        if token_id is None:
+            return False  # plain text to the tokenizer (several tokens): always kept
+        return self.model_tokenizer.decode([token_id], skip_special_tokens=True) == ""
 
     def extract_tool_calls(self, model_output: str, request: Any) -> ExtractedToolCallInformation:
         start = model_output.find(START)
