@@ -88,7 +88,9 @@ Python (pip install openai):
       messages=[{{"role": "user", "content": "Hello!"}}],
       reasoning_effort="high",  # reasoning on; "low", or extra_body={{"reasoning": False}}: off
   )
-  print(reply.choices[0].message.content, reply.usage)
+  message = reply.choices[0].message
+  print(message.reasoning)  # the think block, apart from the answer (vLLM's `reasoning` field)
+  print(message.content, reply.usage)
 
 Ctrl-C stops both servers.
 """

@@ -40,6 +40,8 @@ class ServedModel:
     reasoning_default_on: bool
     stats: ModelStats
     slots: asyncio.Semaphore
+    # vLLM runs a reasoning parser for it: chat usage reports completion_tokens_details
+    reasoning_details: bool = False
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Generation:
     finish_reason: str
     cached_tokens: int = 0
     agentic: AgenticOutput | None = None  # tool calls or a JSON answer (simulator/agentic.py)
+    thinks: bool = False  # opens with a think block (reasoning on)
+    deltas: list | None = None  # per-token stream deltas, computed once (responses.py)
     prefix_keys: list[tuple[int, int]] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
     admitted: float = 0.0  # when it got a batch slot; prefill (TTFT) starts here
@@ -97,6 +101,7 @@ class SimulatedEngine:
                 reasoning_default_on=spec.reasoning_default_on,
                 stats=ModelStats(max_len, settings.kv_cache_capacity_tokens),
                 slots=asyncio.Semaphore(settings.max_num_seqs),
+                reasoning_details=spec.reasoning_parser is not None,
             )
         self.default_model = self.models[settings.served_model_names[0]]
         self.metrics = SimulatorMetrics({name: m.stats for name, m in self.models.items()})
@@ -155,8 +160,9 @@ class SimulatedEngine:
         else:
             prompt_tokens = len(prompt)
             prompt_text = ",".join(map(str, prompt))
-        if prompt_tokens == 0:
-            raise ClientError("the prompt is empty; send at least one token", param="prompt")
+        if prompt_tokens == 0 or prompt == "":
+            raise ClientError("Either prompt or prompt_embeds must be provided and non-empty.",
+                              param="prompt")
         generation = self._plan(model, prompt_tokens, prompt_text, request, request.max_tokens,
                                 "max_tokens", 0, continuation=True)
         if self.settings.enable_prompt_tokens_details:
@@ -195,7 +201,8 @@ class SimulatedEngine:
             return Generation(model, prompt_tokens, max_tokens, pieces, "stop", agentic=agentic)
         digest = prompt_digest(prompt_text, request.seed)
         pieces = self.generator.pieces(digest, reasoning_tokens, length, continuation)
-        return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason)
+        return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason,
+                          thinks=reasoning_tokens > 0)
 
     def _apply_prefix_cache(self, generation: Generation,
                             boundaries: list[tuple[str, int]]) -> None:
@@ -262,6 +269,8 @@ class SimulatedEngine:
 
 
 def _check_common(request) -> None:
+    if request.n not in (None, 1) and getattr(request, "temperature", None) == 0:
+        raise ClientError(f"n must be 1 when using greedy sampling, got {request.n}.")
     if request.n not in (None, 1):
         raise ClientError(f"the simulator generates one choice per request; n must be 1, "
                           f"got {request.n}", param="n")

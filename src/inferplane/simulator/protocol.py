@@ -140,15 +140,19 @@ def parse_request(model_class: type[BaseModel], body: bytes) -> Any:
 
 
 def _client_error(error: ValidationError) -> ClientError:
+    # vLLM answers request validation errors (FastAPI's) with type "Bad Request" and the
+    # field's location under "body" as param.
     problems = error.errors(include_url=False, include_input=False)
     first = problems[0]
     if first["type"] == "json_invalid":
-        return ClientError(f"the request body is not valid JSON: {first['msg']}")
+        return ClientError(f"the request body is not valid JSON: {first['msg']}",
+                           param="body", error_type="Bad Request")
     if first["type"] == "model_type" and not first["loc"]:
-        return ClientError("the request body must be a JSON object")
+        return ClientError("the request body must be a JSON object", param="body",
+                           error_type="Bad Request")
     messages = []
     for problem in problems:
         where = ".".join(str(part) for part in problem["loc"])
         messages.append(f"{where}: {problem['msg']}" if where else problem["msg"])
-    param = ".".join(str(part) for part in first["loc"]) or None
-    return ClientError("; ".join(messages), param=param)
+    param = ".".join(["body", *(str(part) for part in first["loc"])])
+    return ClientError("; ".join(messages), param=param, error_type="Bad Request")

@@ -31,23 +31,92 @@ def request_id(prefix: str, header_value: str | None) -> str:
     return f"{prefix}-{header_value or uuid.uuid4().hex}"
 
 
-def usage(generation: Generation, completion_tokens: int, details: bool) -> dict:
+# vLLM 0.32's OpenAI server writes these (null here) on every response; clients and the gateway
+# see the same keys from the simulator (tests/vllm/test_parity.py compares the shapes).
+SYSTEM_FINGERPRINT = "vllm-simulator-inferplane"
+_CHAT_EXTRAS = {"service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
+                "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None,
+                "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+_COMPLETION_EXTRAS = {"service_tier": None, "system_fingerprint": SYSTEM_FINGERPRINT,
+                      "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None}
+_FINGERPRINT = ',"system_fingerprint":' + json.dumps(SYSTEM_FINGERPRINT)
+
+
+def reasoning_split(generation: Generation) -> tuple[str | None, str | None, int]:
+    """(reasoning, content, reasoning tokens) of a generation, as vLLM with our Nemotron
+    reasoning parser splits it: a leading think block goes to `reasoning`."""
+    from inferplane.nemotron.reasoning_parser import split_reasoning
+
+    reasoning, content = split_reasoning("".join(generation.pieces))
+    return reasoning, content, reasoning_tokens(generation)
+
+
+def reasoning_tokens(generation: Generation) -> int:
+    """Tokens inside the think block (its markers excluded), as vLLM counts them."""
+    if not generation.thinks:
+        return 0
+    return sum(1 for delta in stream_deltas(generation) if delta and "reasoning" in delta)
+
+
+def stream_deltas(generation: Generation) -> list[dict | None]:
+    """Per token, the delta vLLM's streaming reasoning parser sends (None: no chunk)."""
+    if generation.deltas is None:
+        from inferplane.nemotron.reasoning_parser import stream_view
+
+        deltas: list[dict | None] = []
+        text, before = "", ("", "")
+        for piece in generation.pieces:
+            text += piece
+            after = stream_view(text)
+            reasoning, content = after[0][len(before[0]):], after[1][len(before[1]):]
+            delta = {}
+            if reasoning:
+                delta["reasoning"] = reasoning
+            if content:
+                delta["content"] = content
+            deltas.append(delta or None)
+            before = after
+        generation.deltas = deltas
+    return generation.deltas
+
+
+def usage(generation: Generation, completion_tokens: int, details: bool, *, chat: bool = True,
+          final_chunk: bool = False) -> dict:
+    """vLLM's usage object: of a whole response, or of a stream's final usage chunk."""
     prompt = generation.prompt_tokens
-    body = {"prompt_tokens": prompt, "total_tokens": prompt + completion_tokens,
-            "completion_tokens": completion_tokens}
+    body: dict = {"prompt_tokens": prompt, "total_tokens": prompt + completion_tokens,
+                  "completion_tokens": completion_tokens}
     if details:
-        body["prompt_tokens_details"] = {"cached_tokens": generation.cached_tokens}
+        cached = {"cached_tokens": generation.cached_tokens}
+        if chat:
+            cached["created_cache_tokens"] = 0
+        if not final_chunk:
+            cached.setdefault("created_cache_tokens", None)
+            cached["multimodal_tokens"] = None
+        body["prompt_tokens_details"] = cached
+    elif not final_chunk:
+        body["prompt_tokens_details"] = None
+    if chat and generation.model.reasoning_details:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens(generation)}
+    elif not final_chunk:
+        body["completion_tokens_details"] = None
     return body
 
 
 def chat_completion_body(generation: Generation, rid: str, details: bool) -> dict:
     agentic = generation.agentic
     if agentic is None:
-        content, tool_calls = "".join(generation.pieces), []
+        reasoning, content, _ = reasoning_split(generation)
+        tool_calls: list = []
         finish_reason = generation.finish_reason
     else:
+        reasoning = None
         content, tool_calls, finish_reason = (agentic.content, agentic.tool_calls,
                                               agentic.finish_reason)
+    message = {"role": "assistant", "content": content, "refusal": None, "annotations": None,
+               "audio": None, "function_call": None, "reasoning": reasoning}
+    if tool_calls:
+        message["tool_calls"] = tool_calls  # vLLM leaves the key out when there are none
     return {
         "id": rid,
         "object": "chat.completion",
@@ -55,14 +124,15 @@ def chat_completion_body(generation: Generation, rid: str, details: bool) -> dic
         "model": generation.model.name,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content,
-                        "refusal": None, "tool_calls": tool_calls, "reasoning": None},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish_reason,
             "stop_reason": None,
+            "token_ids": None,
+            "routed_experts": None,
         }],
-        "usage": usage(generation, generation.completion_tokens, details)
-        | ({} if details else {"prompt_tokens_details": None}),
+        "usage": usage(generation, generation.completion_tokens, details),
+        **_CHAT_EXTRAS,
     }
 
 
@@ -78,10 +148,13 @@ def completion_body(generation: Generation, rid: str, details: bool) -> dict:
             "logprobs": None,
             "finish_reason": generation.finish_reason,
             "stop_reason": None,
+            "token_ids": None,
             "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "routed_experts": None,
         }],
-        "usage": usage(generation, generation.completion_tokens, details)
-        | ({} if details else {"prompt_tokens_details": None}),
+        "usage": usage(generation, generation.completion_tokens, details, chat=False),
+        **_COMPLETION_EXTRAS,
     }
 
 
@@ -89,8 +162,9 @@ class ChunkWriter:
     """The SSE events of one stream (chat or text completion), as vLLM emits them.
 
     Chat streams open with a role chunk; every token follows in its own chunk, the last one
-    carrying finish_reason. `continuous_usage` puts the running usage on every chunk;
-    `include_usage` adds a final chunk with empty choices and the totals.
+    carrying finish_reason (and the system fingerprint when no usage chunk follows).
+    `continuous_usage` puts the running usage on every chunk; `include_usage` adds a final
+    chunk with empty choices and the totals. Think-block tokens go out as `delta.reasoning`.
     """
 
     def __init__(self, generation: Generation, rid: str, chat: bool, include_usage: bool,
@@ -105,50 +179,69 @@ class ChunkWriter:
                         f'{int(time.time())},"model":{_escape(generation.model.name)},"choices":[')
         self._open = '{"index":0,"delta":{"content":' if chat else '{"index":0,"text":'
         self._close = "}," if chat else ","
+        self._token_tail = ',"token_ids":null}' if chat else \
+            ',"prompt_token_ids":null,"token_ids":null}'
+        self._reasoning_details = chat and generation.model.reasoning_details
+        self._running_reasoning = 0
 
-    def _usage_suffix(self, completion_tokens: int) -> str:
+    def _usage_suffix(self, completion_tokens: int, last: bool = False) -> str:
+        fingerprint = _FINGERPRINT if last and not self.include_usage else ""
         if not self.continuous_usage:
-            return "]}\n\n"
+            return "]" + fingerprint + "}\n\n"
         prompt = self.generation.prompt_tokens
+        reasoning = (f',"completion_tokens_details":{{"reasoning_tokens":'
+                     f'{self._running_reasoning}}}' if self._reasoning_details else "")
         return (f'],"usage":{{"prompt_tokens":{prompt},"total_tokens":{prompt + completion_tokens},'
-                f'"completion_tokens":{completion_tokens}}}}}\n\n')
+                f'"completion_tokens":{completion_tokens}{reasoning}}}{fingerprint}}}\n\n')
 
     def role(self) -> bytes | None:
         if not self.chat:
             return None
         return (self._prefix + '{"index":0,"delta":{"role":"assistant","content":""},'
-                '"logprobs":null,"finish_reason":null}' + self._usage_suffix(0)).encode()
+                '"logprobs":null,"finish_reason":null}'
+                + self._usage_suffix(0)[:-3] + ',"prompt_token_ids":null,"prompt_text":null}\n\n'
+                ).encode()
+
+    def _finish(self, index: int, finish_reason: str) -> tuple[str, str]:
+        last = index + 1 == self.generation.completion_tokens
+        if not last:
+            return ('"logprobs":null,"finish_reason":null' + (
+                "" if self.chat else ',"stop_reason":null') + self._token_tail,
+                self._usage_suffix(index + 1))
+        return (f'"logprobs":null,"finish_reason":"{finish_reason}","stop_reason":null'
+                + self._token_tail, self._usage_suffix(index + 1, last=True))
 
     def token(self, index: int) -> bytes:
         """The chunk of piece `index` (0-based); the last piece carries the finish reason."""
         generation = self.generation
         if generation.agentic is not None:
             return self._agentic_token(index)
-        if index + 1 < generation.completion_tokens:
-            tail = '"logprobs":null,"finish_reason":null}'
-        else:
-            tail = (f'"logprobs":null,"finish_reason":"{generation.finish_reason}",'
-                    '"stop_reason":null}')
+        if self.chat and generation.thinks:
+            return self._delta_token(index, stream_deltas(generation)[index],
+                                     generation.finish_reason)
+        tail, suffix = self._finish(index, generation.finish_reason)
         return (self._prefix + self._open + _escape(generation.pieces[index]) + self._close + tail
-                + self._usage_suffix(index + 1)).encode()
+                + suffix).encode()
+
+    def _delta_token(self, index: int, delta: dict | None, finish_reason: str) -> bytes:
+        if delta and "reasoning" in delta:
+            self._running_reasoning += 1
+        last = index + 1 == self.generation.completion_tokens
+        if delta is None and not last:
+            return b""  # vLLM sends no chunk for a token that changes no field
+        tail, suffix = self._finish(index, finish_reason)
+        return (self._prefix + '{"index":0,"delta":' + json.dumps(delta or {}, ensure_ascii=False)
+                + "," + tail + suffix).encode()
 
     def _agentic_token(self, index: int) -> bytes:
         """Tool-call and JSON streams: the delta vLLM sends for this token, or nothing."""
         agentic = self.generation.agentic
-        delta = agentic.deltas[index]
-        last = index + 1 == self.generation.completion_tokens
-        if delta is None and not last:
-            return b""  # vLLM sends no chunk for a token that changes no field
-        if last:
-            tail = f'"logprobs":null,"finish_reason":"{agentic.finish_reason}","stop_reason":null}}'
-        else:
-            tail = '"logprobs":null,"finish_reason":null}'
-        return (self._prefix + '{"index":0,"delta":' + json.dumps(delta or {}, ensure_ascii=False)
-                + "," + tail + self._usage_suffix(index + 1)).encode()
+        return self._delta_token(index, agentic.deltas[index], agentic.finish_reason)
 
     def final_usage(self) -> bytes | None:
         if not self.include_usage:
             return None
-        body = usage(self.generation, self.generation.completion_tokens, self.details)
+        body = usage(self.generation, self.generation.completion_tokens, self.details,
+                     chat=self.chat, final_chunk=True)
         return (self._prefix + '],"usage":' + json.dumps(body, separators=(",", ":"))
-                + "}\n\n").encode()
+                + _FINGERPRINT + "}\n\n").encode()
