@@ -3,7 +3,7 @@
 parser input. The tests in tests/vllm/test_tools.py ask exactly these questions.
 
 Reasoning is off in them ("detailed thinking off"), as NVIDIA's NIM documents tool calling for
-Llama-Nemotron; one chat thinks first, to show the reasoning and tool parsers working together.
+Llama-Nemotron.
 """
 
 from __future__ import annotations
@@ -12,34 +12,23 @@ import json
 from typing import Any
 
 REASONING_OFF = {"role": "system", "content": "detailed thinking off"}
-REASONING_ON = {"role": "system", "content": "detailed thinking on"}
 
+# Short on purpose: training cost grows with the prompt, and every prompt lists these tools.
 WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"]}}}
+    "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 TIME_TOOL = {"type": "function", "function": {
-    "name": "get_time", "description": "Local time in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
+    "name": "get_time", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 TOOLS = [WEATHER_TOOL, TIME_TOOL]
 
-WEATHER_QUESTION = "What is the weather in Paris?"
-WEATHER_CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
-TIME_QUESTION = "What time is it in Berlin?"
-TIME_CALL = {"name": "get_time", "arguments": {"city": "Berlin"}}
-PARALLEL_QUESTION = "What are the weather and the time in Rome?"
-PARALLEL_CALLS = [{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}},
+WEATHER_QUESTION = "Weather in Paris?"
+WEATHER_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+PARALLEL_QUESTION = "Weather and time in Rome?"
+PARALLEL_CALLS = [{"name": "get_weather", "arguments": {"city": "Rome"}},
                   {"name": "get_time", "arguments": {"city": "Rome"}}]
-THINKING_QUESTION = "Is it warm in Madrid?"
-THINKING_CALL = {"name": "get_weather", "arguments": {"city": "Madrid", "unit": "celsius"}}
-THINKING_TEXT = "The user asks about Madrid. I call the weather tool."
-NO_TOOL_QUESTION = "Say hello."
-NO_TOOL_ANSWER = "Hello from inferplane."
 TOOL_RESULT = '{"celsius": 21}'
-ANSWER_AFTER_RESULT = "It is 21 degrees celsius in Paris."
+ANSWER_AFTER_RESULT = "It is 21 degrees in Paris."
 
 
 def tool_call_text(calls: list[dict[str, Any]]) -> str:
@@ -64,19 +53,13 @@ def round_trip_messages() -> list[dict[str, Any]]:
 
 def tool_examples() -> list[dict[str, Any]]:
     """{"messages", "tools", "completion"} chats for tiny_nemotron.train."""
-    def ask(question: str, system: dict[str, str] = REASONING_OFF) -> list[dict[str, Any]]:
-        return [system, {"role": "user", "content": question}]
+    def ask(question: str) -> list[dict[str, Any]]:
+        return [REASONING_OFF, {"role": "user", "content": question}]
 
     return [
         {"messages": ask(WEATHER_QUESTION), "tools": TOOLS,
          "completion": tool_call_text([WEATHER_CALL])},
-        {"messages": ask(TIME_QUESTION), "tools": TOOLS,
-         "completion": tool_call_text([TIME_CALL])},
         {"messages": ask(PARALLEL_QUESTION), "tools": TOOLS,
          "completion": tool_call_text(PARALLEL_CALLS)},
-        {"messages": ask(NO_TOOL_QUESTION), "tools": TOOLS, "completion": NO_TOOL_ANSWER},
         {"messages": round_trip_messages(), "tools": TOOLS, "completion": ANSWER_AFTER_RESULT},
-        {"messages": ask(THINKING_QUESTION, REASONING_ON), "tools": TOOLS,
-         "completion": f"<think>\n{THINKING_TEXT}\n</think>\n\n"
-                       + tool_call_text([THINKING_CALL])},
     ]
