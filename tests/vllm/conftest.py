@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inferplane.engines import vllm_cpu
-from inferplane.engines.tiny_nemotron import cached_checkpoint, training_examples
+from inferplane.engines.tiny_nemotron import TRAIN_STEPS_ENV, shared_checkpoint
 
 _HERE = Path(__file__).resolve().parent
 
@@ -41,10 +41,16 @@ REUSE_URL_ENV = "INFERPLANE_TEST_VLLM_URL"
 
 @pytest.fixture(scope="session")
 def vllm_checkpoint() -> Path:
-    """The tiny Nemotron-NAS checkpoint the session's vLLM serves, trained for a few CPU
-    seconds on Nemotron's reasoning toggle and tool calls (cached machine-wide)."""
+    """The tiny Nemotron-NAS checkpoint the session's vLLM serves (cached machine-wide):
+    random weights, or trained on Nemotron's reasoning toggle and tool calls when
+    INFERPLANE_TINY_NEMOTRON_TRAIN_STEPS asks for it (training is slow on 2 cores)."""
     _require_venv()
-    return cached_checkpoint(train_on=training_examples())
+    return shared_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def vllm_checkpoint_is_trained() -> bool:
+    return bool(int(os.environ.get(TRAIN_STEPS_ENV) or 0))
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +62,11 @@ def vllm_server(request, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
         yield vllm_cpu.VllmServer(None, reuse.rstrip("/"), Path(os.devnull))  # type: ignore[arg-type]
         return
     log_path = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    server = vllm_cpu.start(request.getfixturevalue("vllm_checkpoint"), extra_args=vllm_cpu.deployment_vllm_args(),
+    # Random weights favour endless whitespace inside guided JSON; compact JSON keeps the
+    # structured-output tests finite (a server-wide knob: vLLM has no per-request one).
+    args = [*vllm_cpu.deployment_vllm_args(),
+            "--structured-outputs-config", '{"disable_any_whitespace": true}']
+    server = vllm_cpu.start(request.getfixturevalue("vllm_checkpoint"), extra_args=args,
                             log_path=log_path)
     try:
         yield server

