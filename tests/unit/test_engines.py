@@ -87,3 +87,10 @@ def test_render_cli_says_why_it_refuses_vllm_cpu(tmp_path: Path):
     result = CliRunner().invoke(app, ["render", "-f", str(path)])
     assert result.exit_code == 2
     assert "model.engine" in result.stderr and "inferplane dev" in result.stderr
+
+
+def test_dev_names_the_engines_it_knows(tmp_path: Path):
+    result = CliRunner().invoke(app, ["dev", "--engine", "tgi", "--port", "0",
+                                      "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "simulator or vllm-cpu" in result.stderr
