@@ -26,7 +26,8 @@ from .conftest import _require_venv
 OFF = ex.REASONING_OFF
 # A model this small wanders inside guided JSON (whitespace is always allowed) until
 # max_tokens; a real one does not. Compact JSON keeps the test about our wiring.
-COMPACT_JSON = ["--structured-outputs-config", '{"disable_any_whitespace": true}']
+COMPACT_JSON = ["--structured-outputs-config",
+                '{"backend": "xgrammar", "disable_any_whitespace": true}']
 
 
 @pytest.fixture(scope="module")
