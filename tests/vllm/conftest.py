@@ -65,7 +65,7 @@ def vllm_server(request, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
     # Random weights favour endless whitespace inside guided JSON; compact JSON keeps the
     # structured-output tests finite (a server-wide knob: vLLM has no per-request one).
     args = [*vllm_cpu.deployment_vllm_args(),
-            "--structured-outputs-config", '{"disable_any_whitespace": true}']
+            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
     server = vllm_cpu.start(request.getfixturevalue("vllm_checkpoint"), extra_args=args,
                             log_path=log_path)
     try:
