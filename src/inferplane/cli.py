@@ -38,8 +38,14 @@ def render(
     from inferplane.render import render as render_manifests
     from inferplane.render import to_multi_document, write_directory
 
+    from inferplane.config import ConfigError
+
     config = load_config(file)
-    manifests = render_manifests(config)
+    try:
+        manifests = render_manifests(config)
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
     if output == "-":
         sys.stdout.write(to_multi_document(manifests))
         return
@@ -161,6 +167,7 @@ def weights_wait(
 # Commands whose code lives with its role (each module keeps its heavy imports inside the command).
 from inferplane.cluster.cli import cluster_app  # noqa: E402
 from inferplane.dev import dev_command  # noqa: E402
+from inferplane.engines.cli import engines_app  # noqa: E402
 from inferplane.gateway.cli import gateway_command, keys_app  # noqa: E402
 from inferplane.reports.invoice import invoice_command  # noqa: E402
 from inferplane.simulator.cli import simulator_command  # noqa: E402
@@ -175,6 +182,7 @@ app.command("usage")(usage_command)
 app.command("invoice")(invoice_command)
 app.command("check-vllm-args")(check_vllm_args_command())
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(engines_app, name="engines")
 
 
 def _first_sentence(text: str | None) -> str | None:

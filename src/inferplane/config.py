@@ -51,8 +51,9 @@ class ModelConfig(Section):
     """Which model and how vLLM serves it."""
 
     name: str = Field("nemotron-ultra-253b", description="catalog key of the model")
-    engine: Literal["vllm", "simulator"] = Field(
-        "vllm", description="simulator: inferplane's stand-in (no GPU, no weights) for kind/demos")
+    engine: Literal["vllm", "simulator", "vllm-cpu"] = Field(
+        "vllm", description="simulator: inferplane's stand-in (no GPU, no weights) for kind/demos; "
+        "vllm-cpu: real vLLM's CPU build with a tiny Nemotron-NAS checkpoint (`inferplane dev`)")
     served_name: str | None = Field(None, description="model id clients send; default: the HF repo")
     revision: str | None = Field(None, description="HF branch, tag or commit to pin; default: main")
     max_model_len: int | None = Field(None, gt=0, description="context tokens; default: the model's")
@@ -63,7 +64,9 @@ class ModelConfig(Section):
     reasoning_default: Literal["on", "off"] | None = Field(
         None, description="reasoning when a request does not say; default: the model's own"
     )
-    tool_calling: bool = Field(True, description="add the catalog's tool-calling flags")
+    tool_calling: bool | None = Field(
+        None, description="vLLM's tool-call parser (and our plugin/template) for `tools` "
+        "requests; default: on when the catalog knows the model's parser")
     extra_args: list[str] = Field(default_factory=list, description="more vLLM serve flags")
 
     @field_validator("name")
@@ -72,6 +75,24 @@ class ModelConfig(Section):
         if value not in MODELS:
             raise ValueError(f"unknown model {value!r}; use one of: {', '.join(sorted(MODELS))}")
         return value
+
+    @model_validator(mode="after")
+    def _tool_calling_known(self) -> "ModelConfig":
+        # `tool_calling: true` must never silently do nothing: without a parser vLLM would
+        # answer `tools` requests with plain text.
+        if self.tool_calling and MODELS[self.name].tool_calling is None:
+            raise ValueError(
+                f"model.tool_calling: the catalog knows no vLLM tool-call parser for model "
+                f"{self.name!r}; set model.tool_calling: false, or add its parser to "
+                "catalog/models.py (ToolCalling)")
+        return self
+
+    @property
+    def tool_calling_enabled(self) -> bool:
+        """Whether vLLM gets the tool-call flags: as set, else on when a parser is known."""
+        if self.tool_calling is None:
+            return MODELS[self.name].tool_calling is not None
+        return self.tool_calling
 
     @field_validator("extra_args")
     @classmethod

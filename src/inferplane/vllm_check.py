@@ -186,6 +186,31 @@ def check_vllm_arg_lists(
     }
 
 
+def check_vllm_args(args: list[str], version: str | None = None) -> tuple[bool, str]:
+    """(accepted, vLLM's message) for one `vllm serve` argument list."""
+    verdict = check_vllm_arg_lists({"args": args}, version)["args"]
+    return verdict.ok, verdict.message
+
+
+def with_local_files(config: Any, args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` with each path into the vLLM container's files mount replaced by the package
+    file render mounts there, so the check imports our plugins and reads our template;
+    and the problems: a path no ConfigMap entry backs (vLLM would fail after weight load)."""
+    from inferplane.render import NEMOTRON_FILES_DIR, VLLM_FILES_DIR, vllm_file_names
+
+    mounted = set(vllm_file_names(config))
+    local, problems = [], []
+    for arg in args:
+        if arg.startswith(VLLM_FILES_DIR + "/"):
+            name = arg[len(VLLM_FILES_DIR) + 1:]
+            if name not in mounted:
+                problems.append(f"{arg}: not in the rendered {config.name}-vllm-files ConfigMap "
+                                f"(it holds: {', '.join(sorted(mounted)) or 'nothing'})")
+            arg = str(NEMOTRON_FILES_DIR / name)
+        local.append(arg)
+    return local, problems
+
+
 def check_vllm_args_command() -> Callable[..., None]:
     """The `inferplane check-vllm-args` command. Built by a function because this file must
     import without typer when it runs as the parsing script inside the vllm venv."""
@@ -224,7 +249,11 @@ def check_vllm_args_command() -> Callable[..., None]:
             if prepare_only:
                 return
             args = vllm_args(config)
-            verdict = check_vllm_arg_lists({config.name: args}, version)[config.name]
+            local_args, unmounted = with_local_files(config, args)
+            if unmounted:
+                typer.echo("\n".join(unmounted), err=True)
+                raise typer.Exit(1)
+            verdict = check_vllm_arg_lists({config.name: local_args}, version)[config.name]
         except (RuntimeError, OSError, subprocess.SubprocessError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(3) from None
@@ -265,20 +294,59 @@ def _registry_problems(namespace: Any) -> list[str]:
     from vllm.tool_parsers import ToolParserManager
 
     problems = []
+    importers = {"tool": ToolParserManager.import_tool_parser,
+                 "reasoning": ReasoningParserManager.import_reasoning_parser}
     for flag, kind, manager in (("tool_call_parser", "tool", ToolParserManager),
                                 ("reasoning_parser", "reasoning", ReasoningParserManager)):
         name = getattr(namespace, flag, None)
-        # A --*-parser-plugin file may register more names; it is not here to import: trust it.
-        if name and not getattr(namespace, f"{kind}_parser_plugin", None):
+        plugin = getattr(namespace, f"{kind}_parser_plugin", None)
+        if plugin:
+            # Our plugins are here to import (the caller maps the container's path to the
+            # package file): import it as vLLM does at start-up, then look the name up.
+            if not Path(plugin).is_file():
+                problems.append(f"--{kind}-parser-plugin {plugin!r}: no such file")
+                continue
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stderr):
+                importers[kind](plugin)  # vLLM logs (and swallows) an import error
+            try:
+                manager.get_tool_parser(name) if kind == "tool" else \
+                    manager.get_reasoning_parser(name)
+            except Exception as error:  # KeyError for an unknown name, ImportError, TypeError
+                tail = "\n".join(stderr.getvalue().strip().splitlines()[-5:])
+                problems.append(f"--{flag.replace('_', '-')} {name!r}: not registered by the "
+                                f"plugin {Path(plugin).name} ({type(error).__name__}: {error})"
+                                + (f"\n{tail}" if tail else ""))
+            continue
+        if name:
             known = manager.list_registered()
             if name not in known:
                 problems.append(f"--{flag.replace('_', '-')} {name!r} is not a {kind} parser of "
                                 f"this vLLM; registered: {', '.join(known)}")
+    chat_template = getattr(namespace, "chat_template", None)
+    if chat_template:
+        problems += _chat_template_problems(chat_template)
     kv_cache_dtype = getattr(namespace, "kv_cache_dtype", "auto")
     if kv_cache_dtype not in get_args(CacheDType):
         problems.append(f"--kv-cache-dtype {kv_cache_dtype!r} is not one of "
                         f"{', '.join(get_args(CacheDType))}")
     return problems
+
+
+def _chat_template_problems(path: str) -> list[str]:
+    """A --chat-template file must exist and compile in the sandbox transformers renders it in."""
+    if not Path(path).is_file():
+        return [f"--chat-template {path!r}: no such file"]
+    from jinja2 import TemplateSyntaxError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        environment = ImmutableSandboxedEnvironment(extensions=[loopcontrols])
+        environment.parse(Path(path).read_text())
+    except TemplateSyntaxError as error:
+        return [f"--chat-template {Path(path).name}: line {error.lineno}: {error.message}"]
+    return []
 
 
 def _deprecated_flags(serve_parser: Any, namespace: Any) -> list[str]:

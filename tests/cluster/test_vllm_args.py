@@ -26,6 +26,7 @@ from inferplane.vllm_check import (
     prepare,
     venv_dir,
     vllm_version_of_image,
+    with_local_files,
 )
 
 from ..conftest import REPO
@@ -57,14 +58,26 @@ def replaced(args: list[str], flag: str, value: str) -> list[str]:
 
 LLAMA_ARGS = vllm_args(catalog_config("llama-3.3-70b-instruct"))
 
-ACCEPTED = {f"catalog:{key}": vllm_args(catalog_config(key)) for key in MODELS}
-ACCEPTED |= {f"example:{path.name}": vllm_args(load(path))
+def checked_args(config: DeploymentConfig) -> list[str]:
+    """The rendered args, with the container's paths to our mounted files made local (as
+    `inferplane check-vllm-args` does), so vLLM imports our plugins and reads our template."""
+    local, unmounted = with_local_files(config, vllm_args(config))
+    assert not unmounted
+    return local
+
+
+NEMOTRON_ARGS = checked_args(catalog_config("nemotron-ultra-253b"))
+ACCEPTED = {f"catalog:{key}": checked_args(catalog_config(key)) for key in MODELS}
+ACCEPTED |= {f"example:{path.name}": checked_args(load(path))
              for path in sorted((REPO / "examples").glob("*.yaml"))}
 # Every optional branch of render.vllm_args at once.
-ACCEPTED["every-option"] = vllm_args(catalog_config(
+ACCEPTED["every-option"] = checked_args(catalog_config(
     "nemotron-ultra-253b-fp8", kv_cache_dtype="fp8", max_num_seqs=64, revision="main",
     served_name="nemotron", extra_args=["--enable-prefix-caching"]))
-ACCEPTED["no-tool-calling"] = vllm_args(catalog_config("gpt-oss-120b", tool_calling=False))
+ACCEPTED["no-tool-calling"] = checked_args(catalog_config("gpt-oss-120b", tool_calling=False))
+ACCEPTED["nemotron-no-tool-calling"] = checked_args(
+    catalog_config("nemotron-ultra-253b", tool_calling=False))
+BROKEN_TEMPLATE = Path(__file__).parent / "broken_chat_template.jinja"
 
 # name -> (args, a piece of the message that says why)
 REJECTED = {
@@ -85,6 +98,16 @@ REJECTED = {
     # Without the model first, vLLM refuses, or (without --served-model-name) serves its default.
     "no-model-positional": (LLAMA_ARGS[1:], "`model` should be provided as the first positional"),
     "no-model-at-all": (LLAMA_ARGS[1:3], "vLLM serves its default model"),
+    # Our plugin is imported as vLLM imports it: a name it does not register is caught.
+    "plugin-without-that-parser": (
+        replaced(NEMOTRON_ARGS, "--tool-call-parser", "inferplane_nemotron_jsn"),
+        "--tool-call-parser 'inferplane_nemotron_jsn': not registered by the plugin tool_parser.py"),
+    "missing-plugin-file": (
+        replaced(NEMOTRON_ARGS, "--tool-parser-plugin", "/nonexistent/tool_parser.py"),
+        "--tool-parser-plugin '/nonexistent/tool_parser.py': no such file"),
+    "chat-template-syntax-error": (
+        replaced(NEMOTRON_ARGS, "--chat-template", str(BROKEN_TEMPLATE)),
+        "--chat-template broken_chat_template.jinja: line 2"),
 }
 
 
@@ -184,3 +207,13 @@ def test_the_parsing_script_imports_nothing_but_the_standard_library():
     modules |= {node.module.split(".")[0] for node in top_level
                 if isinstance(node, ast.ImportFrom) and node.module}
     assert modules - {"__future__"} <= set(sys.stdlib_module_names)
+
+
+def test_a_flag_pointing_into_the_files_mount_must_be_backed_by_the_configmap():
+    config = catalog_config("nemotron-ultra-253b")
+    args = vllm_args(config) + ["--tool-parser-plugin", "/etc/inferplane/vllm/other.py"]
+    local, unmounted = with_local_files(config, args)
+    assert unmounted == ["/etc/inferplane/vllm/other.py: not in the rendered check-vllm-files "
+                         "ConfigMap (it holds: chat_template.jinja, reasoning_parser.py, "
+                         "tool_parser.py)"]
+    assert not any(arg.startswith("/etc/inferplane/vllm/") for arg in local)

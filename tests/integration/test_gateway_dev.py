@@ -152,7 +152,9 @@ def test_the_printed_python_example_runs_and_is_billed(dev_server):
     result = subprocess.run([sys.executable, "-c", code], cwd=dev_server.folder, text=True,
                             capture_output=True, timeout=60, env=NO_PROXY_ENV)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("<think>")  # the example asks for reasoning_effort="high"
+    # The example asks for reasoning_effort="high": the think block comes first, on its own line.
+    reasoning, answer = result.stdout.split("\n", 1)
+    assert reasoning not in ("", "None") and "<think>" not in result.stdout and answer
     completion = int(re.search(r"\bcompletion_tokens=(\d+)", result.stdout).group(1))
     prompt = int(re.search(r"\bprompt_tokens=(\d+)", result.stdout).group(1))
     assert completion > 0 and prompt > 0

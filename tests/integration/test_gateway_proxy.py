@@ -11,7 +11,12 @@ import pytest
 
 from inferplane.ledger.records import price
 from inferplane.gateway.testing import running_data_plane
-from inferplane.simulator import count_chat_prompt_tokens, count_completion_prompt_tokens
+from inferplane.simulator import (
+    SimulatorSettings,
+    count_chat_prompt_tokens,
+    count_completion_prompt_tokens,
+)
+from inferplane.simulator.generation import THINK_OVERHEAD_TOKENS
 
 ON, OFF = "detailed thinking on", "detailed thinking off"
 INPUT_PRICE, OUTPUT_PRICE = Decimal("0.60"), Decimal("1.80")  # the shipped example's prices
@@ -68,7 +73,9 @@ def test_non_streamed_reasoning_on_by_default_thinks(plane, key):
         model=plane.model, messages=QUESTION)
     reply = raw.parse()
     assert raw.headers["x-inferplane-reasoning"] == "on"  # the example's default
-    assert reply.choices[0].message.content.startswith("<think>")
+    message = reply.choices[0].message
+    assert message.model_extra["reasoning"] and "<think>" not in message.content
+    assert reply.usage.completion_tokens_details.reasoning_tokens > 0
     prompt = count_chat_prompt_tokens([{"role": "system", "content": ON}, *QUESTION])
     check_record(plane, raw.headers["x-request-id"], entry, prompt=prompt,
                  completion=reply.usage.completion_tokens, streamed=False)
@@ -105,12 +112,15 @@ def test_streamed_without_include_usage_gets_no_usage_but_is_billed(plane, key):
     headers, chunks = stream_chunks(plane, secret, reasoning_effort="high")
     assert all(chunk.usage is None for chunk in chunks)
     assert all(chunk.choices for chunk in chunks)  # no usage-only final chunk
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
-    assert text.startswith("<think>")
-    content_chunks = sum(1 for chunk in chunks if chunk.choices[0].delta.role is None)
+    reasoning = "".join((chunk.choices[0].delta.model_extra or {}).get("reasoning") or ""
+                        for chunk in chunks)
+    assert reasoning  # the think block streams as delta.reasoning
+    # Every token is billed, also the think markers, which send no chunk of their own.
+    settings = SimulatorSettings()
+    completion = settings.output_tokens + THINK_OVERHEAD_TOKENS + settings.reasoning_tokens
     prompt = count_chat_prompt_tokens([{"role": "system", "content": ON}, *QUESTION])
     record = check_record(plane, headers["x-request-id"], entry, prompt=prompt,
-                          completion=content_chunks, streamed=True)  # one token per chunk
+                          completion=completion, streamed=True)
     assert record.ttft_ms is not None and record.ttft_ms <= record.latency_ms
 
 
@@ -132,7 +142,8 @@ def test_streamed_with_continuous_usage_passes_every_chunk_unchanged(plane, key)
     options = {"include_usage": True, "continuous_usage_stats": True}
     headers, chunks = stream_chunks(plane, secret, stream_options=options)
     assert all(chunk.usage is not None for chunk in chunks)
-    assert [c.usage.completion_tokens for c in chunks[:-1]] == list(range(len(chunks) - 1))
+    counts = [c.usage.completion_tokens for c in chunks[:-1]]
+    assert counts[0] == 0 and counts == sorted(set(counts))  # counts up, chunk by chunk
     check_record(plane, headers["x-request-id"], entry, prompt=chunks[-1].usage.prompt_tokens,
                  completion=chunks[-1].usage.completion_tokens, streamed=True)
 

@@ -31,7 +31,8 @@ def record(n: int, created_at: datetime, key: str, tenant: str, prices=OLD_PRICE
     return UsageRecord(
         request_id=f"req-{n}", key_id=key, tenant=tenant, model="nvidia/Llama-3_1-Nemotron-Ultra-253B-v1",
         endpoint="/v1/chat/completions", created_at=created_at, prompt_tokens=prompt,
-        completion_tokens=completion, cached_tokens=n % 3, input_price_per_million=prices[0],
+        completion_tokens=completion, cached_tokens=n % 3, reasoning_tokens=completion // 2,
+        input_price_per_million=prices[0],
         output_price_per_million=prices[1], cost=price(prompt, completion, *prices),
         currency=currency, status=200, streamed=bool(n % 2), latency_ms=50.0, ttft_ms=5.0)
 
@@ -75,13 +76,14 @@ def invoice(*args: str) -> tuple[int, str, str]:
 
 def expected_lines() -> dict[tuple, dict[str, object]]:
     lines: dict[tuple, dict[str, object]] = defaultdict(
-        lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-                 "cost": Decimal(0)})
+        lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                 "reasoning_tokens": 0, "cached_tokens": 0, "cost": Decimal(0)})
     for r in NOVEMBER:
         line = lines[(r.tenant, r.key_id, r.currency, r.input_price_per_million,
                       r.output_price_per_million)]
         line["requests"] += 1
-        for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost"):
+        for name in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+                     "cost"):
             line[name] += getattr(r, name)
     return dict(lines)
 
@@ -95,7 +97,8 @@ def test_json_lines_carry_prices_and_add_up_to_the_records(ledger_url: str) -> N
     got = {(line["tenant"], line["key_id"], line["currency"], Decimal(line["input_price_per_million"]),
             Decimal(line["output_price_per_million"])):
            {"requests": line["requests"], "prompt_tokens": line["prompt_tokens"],
-            "completion_tokens": line["completion_tokens"], "cached_tokens": line["cached_tokens"],
+            "completion_tokens": line["completion_tokens"],
+            "reasoning_tokens": line["reasoning_tokens"], "cached_tokens": line["cached_tokens"],
             "cost": Decimal(line["cost"])} for line in document["lines"]}
     assert got == expected_lines()
     # key_a was billed at both prices this month: two lines, each naming its prices.

@@ -35,6 +35,7 @@ def sample_records() -> list[UsageRecord]:
             request_id=f"req-{i}", key_id=f"key-{i % 3}", tenant=f"tenant-{i % 2}", model=model,
             endpoint="/v1/chat/completions", created_at=start + timedelta(minutes=17 * i),
             prompt_tokens=prompt, completion_tokens=completion, cached_tokens=i % 5,
+            reasoning_tokens=completion // 3,
             input_price_per_million=input_price, output_price_per_million=output_price,
             cost=price(prompt, completion, input_price, output_price), currency="USD",
             status=200, streamed=bool(i % 2), latency_ms=100.0, ttft_ms=10.0))
@@ -72,12 +73,13 @@ def usage(*args: str) -> tuple[int, str, str]:
 
 def expected(records, group_of) -> dict[tuple, dict[str, object]]:
     totals: dict[tuple, dict[str, object]] = defaultdict(
-        lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-                 "cost": Decimal(0)})
+        lambda: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                 "reasoning_tokens": 0, "cached_tokens": 0, "cost": Decimal(0)})
     for record in records:
         row = totals[group_of(record) + (record.currency,)]
         row["requests"] += 1
-        for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost"):
+        for name in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+                     "cost"):
             row[name] += getattr(record, name)
     return dict(totals)
 
@@ -90,7 +92,8 @@ def test_json_rows_and_totals_equal_the_records(filled_ledger: str) -> None:
     assert {row["outcome"] for row in report["rows"]} == {"served"}
     got = {(row["key_id"], row["model"], row["day"], row["currency"]):
            {name: Decimal(row[name]) if name == "cost" else row[name]
-            for name in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")}
+            for name in ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+                         "cached_tokens", "cost")}
            for row in report["rows"]}
     assert got == expected(RECORDS, lambda r: (r.key_id, r.model, r.created_at.date().isoformat()))
     totals = {total["currency"]: total for total in report["totals"]}
@@ -110,7 +113,7 @@ def test_csv_parses_and_its_columns_sum_to_the_ledger(filled_ledger: str) -> Non
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["tenant", "model", "currency", "requests", "prompt_tokens",
-                             "completion_tokens", "cached_tokens", "cost"]
+                             "completion_tokens", "reasoning_tokens", "cached_tokens", "cost"]
     got = {(row["tenant"], row["model"], row["currency"]): (int(row["requests"]), Decimal(row["cost"]))
            for row in rows}
     want = {group: (values["requests"], values["cost"])
@@ -127,11 +130,11 @@ def test_table_ends_with_a_total_per_currency(filled_ledger: str) -> None:
     assert lines[0].split()[:2] == ["key", "requests"]
     totals = [line.split() for line in lines if line.startswith("TOTAL")]
     usd = [r for r in RECORDS if r.currency == "USD"]
-    assert [total[:5] + [Decimal(total[5]), total[6]] for total in totals] == [
-        ["TOTAL", "1", "1,000", "1,000", "0", Decimal("0.0022"), "EUR"],
+    assert [total[:6] + [Decimal(total[6]), total[7]] for total in totals] == [
+        ["TOTAL", "1", "1,000", "1,000", "0", "0", Decimal("0.0022"), "EUR"],
         ["TOTAL", f"{len(usd):,}", f"{sum(r.prompt_tokens for r in usd):,}",
-         f"{sum(r.completion_tokens for r in usd):,}", f"{sum(r.cached_tokens for r in usd):,}",
-         sum((r.cost for r in usd), Decimal(0)), "USD"],
+         f"{sum(r.completion_tokens for r in usd):,}", f"{sum(r.reasoning_tokens for r in usd):,}",
+         f"{sum(r.cached_tokens for r in usd):,}", sum((r.cost for r in usd), Decimal(0)), "USD"],
     ]
     assert sum(1 for line in lines if line.startswith("key-")) == 3 + 1  # key-0 also has the EUR row
     cost_column = [line.split()[-2] for line in lines if line.startswith(("key-", "TOTAL"))]

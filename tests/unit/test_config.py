@@ -238,3 +238,20 @@ def test_a_cloud_deployment_whose_records_die_with_the_pod_is_refused_with_the_f
     opted_in = from_mapping(with_gke_proxy_subnet({"cloud": "gke", "region": "europe-west4",
                                                    "ledger": {"central": False, "pod_local": True}}))
     assert opted_in.ledger.central is False
+
+
+def test_tool_calling_for_a_model_without_a_known_parser_is_an_error_naming_the_field(monkeypatch):
+    import dataclasses
+
+    from inferplane.catalog import models
+
+    bare = dataclasses.replace(models.MODELS["llama-3.3-70b-instruct"], key="no-parser-model",
+                               tool_calling=None)
+    monkeypatch.setitem(models.MODELS, "no-parser-model", bare)
+    found = problems({"model": {"name": "no-parser-model", "tool_calling": True}})
+    message = found["model"]
+    assert "model.tool_calling" in message and "no-parser-model" in message
+    assert "tool_calling: false" in message
+    # Left unset it follows the catalog: off for this model, on for Nemotron.
+    assert from_mapping({"model": {"name": "no-parser-model"}}).model.tool_calling_enabled is False
+    assert from_mapping({}).model.tool_calling_enabled is True

@@ -53,6 +53,16 @@ def test_usage_from_body_without_usage_is_none():
     assert usage_from_body(b'{"usage": null}') is None
 
 
+def test_usage_from_mapping_reads_the_reasoning_tokens_vllms_reasoning_parser_reports():
+    usage = {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50,
+             "completion_tokens_details": {"reasoning_tokens": 14}}
+    assert usage_from_mapping(usage) == Usage(30, 20, 0, 14)
+    assert usage_from_mapping({"input_tokens": 3, "output_tokens": 4,
+                               "output_tokens_details": {"reasoning_tokens": 2}}) == Usage(3, 4, 0, 2)
+    assert usage_from_mapping({"prompt_tokens": 3, "completion_tokens": 4,
+                               "completion_tokens_details": None}).reasoning_tokens == 0
+
+
 def test_usage_from_mapping_accepts_responses_api_names_and_ignores_garbage():
     assert usage_from_mapping({"input_tokens": 3, "output_tokens": 4,
                                "input_tokens_details": {"cached_tokens": 2}}) == Usage(3, 4, 2)

@@ -18,6 +18,7 @@ import yaml
 from inferplane.catalog import MODELS
 from inferplane.config import load
 from inferplane.crds import CRD_SOURCES, GKE_KINDS, validate_custom_resource
+from inferplane.nemotron import CHAT_TEMPLATE_PATH, TOOL_PARSER_PATH
 from inferplane.render import render, to_multi_document, write_directory
 
 from ..conftest import EXAMPLE, KUBERNETES_SCHEMA_VERSION, REPO
@@ -105,6 +106,49 @@ def test_gpu_limit_follows_tensor_parallel_size(make_config):
     assert args[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"]
     by_name, _ = containers(render(make_config(model={"name": "llama-3.3-70b-instruct", "tool_calling": False})))
     assert "--tool-call-parser" not in by_name["vllm"]["args"]
+
+
+def test_nemotron_tool_calling_flags_point_at_our_mounted_plugin_and_template(make_config):
+    manifests = render(make_config())
+    by_name, pod = containers(manifests)
+    args = by_name["vllm"]["args"]
+    assert args[args.index("--tool-call-parser") + 1] == "inferplane_nemotron_json"
+    assert "--enable-auto-tool-choice" in args
+    plugin = args[args.index("--tool-parser-plugin") + 1]
+    template = args[args.index("--chat-template") + 1]
+    mount = next(m for m in by_name["vllm"]["volumeMounts"] if m["name"] == "vllm-files")
+    assert mount["readOnly"] is True
+    assert plugin == f"{mount['mountPath']}/tool_parser.py"
+    assert template == f"{mount['mountPath']}/chat_template.jinja"
+    volume = next(v for v in pod["volumes"] if v["name"] == "vllm-files")
+    files_map = next(m for m in manifests if m["metadata"]["name"] == volume["configMap"]["name"])
+    # The mounted files are the package's own, byte for byte (one source of truth).
+    assert files_map["data"]["tool_parser.py"] == TOOL_PARSER_PATH.read_text()
+    assert files_map["data"]["chat_template.jinja"] == CHAT_TEMPLATE_PATH.read_text()
+    # Changing the files rolls the pods.
+    assert pod_annotations(manifests)["inferplane.io/vllm-files-hash"]
+
+
+def test_tool_calling_off_drops_flags_and_files_but_keeps_the_reasoning_parser(make_config):
+    manifests = render(make_config(model={"tool_calling": False}))
+    by_name, _ = containers(manifests)
+    args = by_name["vllm"]["args"]
+    assert not {"--enable-auto-tool-choice", "--tool-call-parser", "--chat-template",
+                "--tool-parser-plugin"} & set(args)
+    files_map = next(m for m in manifests if m["metadata"]["name"].endswith("-vllm-files"))
+    assert set(files_map["data"]) == {"reasoning_parser.py"}
+
+
+def test_simulator_engine_mounts_no_vllm_files_and_follows_tool_calling(make_config):
+    manifests = render(make_config(model={"engine": "simulator"}))
+    assert not [m for m in manifests if m["metadata"]["name"].endswith("-vllm-files")]
+    assert "--no-enable-auto-tool-choice" not in containers(manifests)[0]["vllm"]["args"]
+    off = render(make_config(model={"engine": "simulator", "tool_calling": False}))
+    assert "--no-enable-auto-tool-choice" in containers(off)[0]["vllm"]["args"]
+
+
+def pod_annotations(manifests):
+    return by_kind(manifests)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_shm_cache_and_hf_token():
@@ -307,7 +351,8 @@ def test_rollout_never_removes_the_only_replica(make_config):
 
 def test_gateway_config_carries_catalog_prices_and_changes_roll_the_pods(make_config):
     first = by_kind(render(make_config()))
-    settings = yaml.safe_load(first["ConfigMap"]["data"]["gateway.yaml"])
+    gateway_map = next(m for m in render(make_config()) if m["metadata"]["name"].endswith("-gateway"))
+    settings = yaml.safe_load(gateway_map["data"]["gateway.yaml"])
     assert settings["models"][0]["input_price_per_million"] == "0.60"
     assert settings["models"][0]["served_name"] == "nvidia/Llama-3_1-Nemotron-Ultra-253B-v1"
     second = by_kind(render(make_config(metering={"input_price_per_million": "0.50"})))
@@ -370,7 +415,7 @@ def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):
     kustomization = yaml.safe_load((first / "kustomization.yaml").read_text())
     assert kustomization["resources"][0] == "00-namespace-inferplane.yaml"
     assert sorted(kustomization["resources"]) == sorted(n for n in names if n != "kustomization.yaml")
-    assert len(names) == 16  # 15 objects (Gateway, two HTTPRoutes, two GKE policies) + kustomization
+    assert len(names) == 17  # 16 objects (Gateway, two HTTPRoutes, two GKE policies, the vLLM files ConfigMap) + kustomization
 
 
 def test_rewriting_a_directory_removes_objects_that_are_gone(make_config, tmp_path):

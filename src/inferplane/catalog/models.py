@@ -28,6 +28,36 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class ToolCalling:
+    """How vLLM turns this model's tool-call text into `tool_calls` (`model.tool_calling`).
+
+    `plugin` and `chat_template` name files of ours in `inferplane.nemotron` (or None when vLLM
+    ships the parser and the model's own template renders `tools`); render mounts them into the
+    vLLM container from a ConfigMap and points `--tool-parser-plugin` / `--chat-template` there.
+    """
+
+    parser: str  # --tool-call-parser
+    plugin: str | None = None  # file name in inferplane/nemotron/, e.g. "tool_parser.py"
+    chat_template: str | None = None  # file name in inferplane/nemotron/
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Our files the vLLM container needs for this model's tool calling."""
+        return tuple(name for name in (self.plugin, self.chat_template) if name)
+
+
+@dataclass(frozen=True)
+class ReasoningParser:
+    """vLLM's reasoning parser for the model: `<think>` text goes to the `reasoning` field.
+
+    `plugin` names our file in `inferplane.nemotron` (None when vLLM ships the parser).
+    """
+
+    parser: str  # --reasoning-parser
+    plugin: str | None = None  # --reasoning-parser-plugin, file name in inferplane/nemotron/
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Facts about one model checkpoint; sizing and rendering derive everything from these."""
 
@@ -49,7 +79,8 @@ class ModelSpec:
     input_price_per_million: Decimal
     output_price_per_million: Decimal
     vllm_args: tuple[str, ...] = ()
-    tool_call_args: tuple[str, ...] = ()
+    tool_calling: ToolCalling | None = None  # None: no known parser, tool_calling must be off
+    reasoning_parser: ReasoningParser | None = None
     reasoning_prompts: dict[str, str] = field(default_factory=dict)  # "on" / "off" -> system prompt
     reasoning_default_on: bool = False  # what the model does when no toggle is sent
     sliding_window_layers: int = 0  # layers whose KV cache holds only the last `sliding_window`
@@ -101,7 +132,11 @@ _NEMOTRON_ULTRA_COMMON = dict(
     vllm_args=("--trust-remote-code",),
     reasoning_prompts=_NEMOTRON_PROMPTS,
     reasoning_default_on=True,  # its chat template uses "detailed thinking on" when no system prompt
-    notes="Tool calling is trained in, but the card documents no vLLM tool parser: none is set.",
+    # Tool calling is trained in (card), emitted as <TOOLCALL>[...]</TOOLCALL> (NVIDIA NIM docs);
+    # vLLM 0.33 has no parser for it and the card's template does not render `tools`: ours do.
+    tool_calling=ToolCalling(parser="inferplane_nemotron_json", plugin="tool_parser.py",
+                             chat_template="chat_template.jinja"),
+    reasoning_parser=ReasoningParser(parser="inferplane_nemotron", plugin="reasoning_parser.py"),
 )
 
 MODELS: dict[str, ModelSpec] = {
@@ -142,7 +177,7 @@ MODELS: dict[str, ModelSpec] = {
             sampling={"default": Sampling(temperature=0.6, top_p=0.9)},
             input_price_per_million=Decimal("0.23"),
             output_price_per_million=Decimal("0.40"),
-            tool_call_args=("--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"),
+            tool_calling=ToolCalling(parser="llama3_json"),
         ),
         ModelSpec(
             key="gpt-oss-120b",
@@ -166,7 +201,7 @@ MODELS: dict[str, ModelSpec] = {
             sampling={"default": Sampling(temperature=1.0, top_p=1.0)},
             input_price_per_million=Decimal("0.15"),
             output_price_per_million=Decimal("0.60"),
-            tool_call_args=("--enable-auto-tool-choice", "--tool-call-parser", "openai"),
+            tool_calling=ToolCalling(parser="openai"),
         ),
     )
 }

@@ -47,6 +47,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens (vLLM's reasoning parser counts them)
 
     @property
     def total_tokens(self) -> int:
@@ -65,7 +66,9 @@ def usage_from_mapping(usage: object) -> Usage | None:
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(_count(prompt), _count(completion), _count(cached))
+    output = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    reasoning = output.get("reasoning_tokens") if isinstance(output, dict) else None
+    return Usage(_count(prompt), _count(completion), _count(cached), _count(reasoning))
 
 
 def usage_from_body(body: bytes) -> Usage | None:
@@ -258,10 +261,11 @@ class StreamMeter:
         if not self._by_choice:
             return None
         prompts: dict[int, Usage] = {}
-        completion = 0
+        completion = reasoning = 0
         for index, mapping in self._by_choice.items():
             usage = usage_from_mapping(mapping) or Usage()
             completion += usage.completion_tokens
+            reasoning += usage.reasoning_tokens
             prompts[index // self.choices_per_prompt] = usage
         return Usage(sum(usage.prompt_tokens for usage in prompts.values()), completion,
-                     sum(usage.cached_tokens for usage in prompts.values()))
+                     sum(usage.cached_tokens for usage in prompts.values()), reasoning)

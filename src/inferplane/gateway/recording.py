@@ -37,6 +37,7 @@ class Recording:
             currency=self.settings.currency, status=ex.status, streamed=ex.streamed,
             latency_ms=(time.perf_counter() - ex.started) * 1000.0,
             ttft_ms=None if ex.ttft_seconds is None else ex.ttft_seconds * 1000.0,
+            reasoning_tokens=usage.reasoning_tokens,
         )
 
     async def _record(self, ex: Exchange) -> bool:

@@ -69,6 +69,7 @@ class UsageSummaryRow:
     completion_tokens: int
     cached_tokens: int
     cost: Decimal
+    reasoning_tokens: int = 0  # of completion_tokens
 
 
 class Ledger(ABC):
@@ -184,6 +185,7 @@ def _plainly_valid(record: object) -> bool:
             and type(r.prompt_tokens) is int and r.prompt_tokens >= 0
             and type(r.completion_tokens) is int and r.completion_tokens >= 0
             and type(r.cached_tokens) is int and r.cached_tokens >= 0
+            and type(r.reasoning_tokens) is int and r.reasoning_tokens >= 0
             and type(r.input_price_per_million) is Decimal and r.input_price_per_million.is_finite()
             and type(r.output_price_per_million) is Decimal
             and r.output_price_per_million.is_finite()
@@ -208,7 +210,7 @@ def check_record(record: UsageRecord) -> None:
         _check_text(name, getattr(record, name), required=False)
     if not isinstance(record.created_at, datetime):
         raise LedgerRecordError(f"usage record field 'created_at' must be a datetime, got {record.created_at!r}")
-    for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"):
         _check_count(name, getattr(record, name))
     for name in ("input_price_per_million", "output_price_per_million", "cost"):
         _check_money(name, getattr(record, name))

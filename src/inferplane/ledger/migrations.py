@@ -48,6 +48,11 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE usage_records ADD COLUMN shipped INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX usage_records_unshipped ON usage_records (recorded_at) WHERE shipped = 0",
     )),
+    # 3: reasoning tokens (of completion_tokens), as vLLM's reasoning parser reports them.
+    (3, (
+        "ALTER TABLE usage_records ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0 "
+        "CHECK (reasoning_tokens >= 0)",
+    )),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -80,6 +85,11 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     # 2: the central ledger is read per tenant and month by `inferplane invoice`.
     (2, (
         "CREATE INDEX usage_records_by_tenant_time ON usage_records (tenant, created_at)",
+    )),
+    # 3: reasoning tokens (of completion_tokens), as vLLM's reasoning parser reports them.
+    (3, (
+        "ALTER TABLE usage_records ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0 "
+        "CHECK (reasoning_tokens >= 0)",
     )),
 )
 

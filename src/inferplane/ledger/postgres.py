@@ -77,19 +77,21 @@ def _encode(record: UsageRecord) -> tuple[object, ...]:
         record.input_price_per_million, record.output_price_per_million, record.cost,
         record.currency, record.status, record.streamed,
         float(record.latency_ms), None if record.ttft_ms is None else float(record.ttft_ms),
+        record.reasoning_tokens,
     )
 
 
 def _decode(row: tuple[Any, ...]) -> UsageRecord:
     (request_id, key_id, tenant, model, endpoint, created_at, prompt_tokens, completion_tokens,
      cached_tokens, input_price, output_price, cost, currency, status, streamed, latency_ms,
-     ttft_ms) = row
+     ttft_ms, reasoning_tokens) = row
     return UsageRecord(
         request_id=request_id, key_id=key_id, tenant=tenant, model=model, endpoint=endpoint,
         created_at=created_at.astimezone(timezone.utc),
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens,
         input_price_per_million=input_price, output_price_per_million=output_price, cost=cost,
         currency=currency, status=status, streamed=streamed, latency_ms=latency_ms, ttft_ms=ttft_ms,
+        reasoning_tokens=reasoning_tokens,
     )
 
 
@@ -250,13 +252,14 @@ class PostgresLedger(Ledger):
         listed = ", ".join(expressions)
         rows = self._query(
             f"SELECT {listed}, count(*), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-            f"sum(cost) FROM usage_records{where} GROUP BY {listed} ORDER BY {listed}", params)
+            f"sum(cost), sum(reasoning_tokens) FROM usage_records{where} GROUP BY {listed} "
+            f"ORDER BY {listed}", params)
         width = len(groups)
         return [
             UsageSummaryRow(group=dict(zip(groups, row[:width])), currency=row[width],
                             requests=int(row[width + 1]), prompt_tokens=int(row[width + 2]),
                             completion_tokens=int(row[width + 3]), cached_tokens=int(row[width + 4]),
-                            cost=row[width + 5])
+                            cost=row[width + 5], reasoning_tokens=int(row[width + 6]))
             for row in rows
         ]
 

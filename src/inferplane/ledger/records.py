@@ -31,6 +31,9 @@ class UsageRecord:
     streamed: bool
     latency_ms: float
     ttft_ms: float | None  # time to first token; None when no token was produced
+    # Of completion_tokens, those inside the think block (vLLM's reasoning parser counts them;
+    # 0 when it does not report them). Billed as output tokens: already in completion_tokens.
+    reasoning_tokens: int = 0
 
 
 def price(prompt_tokens: int, completion_tokens: int, input_per_million: Decimal,

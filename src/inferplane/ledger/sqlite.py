@@ -103,20 +103,21 @@ def _encode(record: UsageRecord) -> tuple[object, ...]:
         format(record.cost, "f"),
         record.currency, record.status, int(record.streamed),
         float(record.latency_ms), None if record.ttft_ms is None else float(record.ttft_ms),
+        record.reasoning_tokens,
     )
 
 
 def _decode(row: sqlite3.Row | tuple) -> UsageRecord:
     (request_id, key_id, tenant, model, endpoint, created_at, prompt_tokens, completion_tokens,
      cached_tokens, input_price, output_price, cost, currency, status, streamed, latency_ms,
-     ttft_ms) = row
+     ttft_ms, reasoning_tokens) = row
     return UsageRecord(
         request_id=request_id, key_id=key_id, tenant=tenant, model=model, endpoint=endpoint,
         created_at=datetime.fromisoformat(created_at),
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached_tokens,
         input_price_per_million=Decimal(input_price), output_price_per_million=Decimal(output_price),
         cost=Decimal(cost), currency=currency, status=status, streamed=bool(streamed),
-        latency_ms=latency_ms, ttft_ms=ttft_ms,
+        latency_ms=latency_ms, ttft_ms=ttft_ms, reasoning_tokens=reasoning_tokens,
     )
 
 
@@ -349,7 +350,8 @@ class SQLiteLedger(Ledger):
         where, params = _where(since, until, key_id, served_only)
         listed = ", ".join(expressions)
         query = (f"SELECT {listed}, count(*), sum(prompt_tokens), sum(completion_tokens), "
-                 f"sum(cached_tokens), decimal_sum(cost) FROM usage_records{where} "
+                 f"sum(cached_tokens), decimal_sum(cost), sum(reasoning_tokens) "
+                 f"FROM usage_records{where} "
                  f"GROUP BY {listed} ORDER BY {listed}")
         with self._read_lock:
             rows = self._reader.execute(query, params).fetchall()
@@ -358,7 +360,7 @@ class SQLiteLedger(Ledger):
             UsageSummaryRow(group=dict(zip(groups, row[:width])), currency=row[width],
                             requests=row[width + 1], prompt_tokens=row[width + 2],
                             completion_tokens=row[width + 3], cached_tokens=row[width + 4],
-                            cost=Decimal(row[width + 5]))
+                            cost=Decimal(row[width + 5]), reasoning_tokens=row[width + 6])
             for row in rows
         ]
 

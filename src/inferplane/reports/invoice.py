@@ -30,7 +30,7 @@ from inferplane.reports.cells import safe_cell
 LINE_GROUPS = ("tenant", "key_id", "model", "input_price_per_million", "output_price_per_million")
 LINE_COLUMNS = ("month", "tenant", "key_id", "model", "currency", "input_price_per_million",
                 "output_price_per_million", "requests", "prompt_tokens", "completion_tokens",
-                "cached_tokens", "cost")
+                "reasoning_tokens", "cached_tokens", "cost")
 _TEXT_COLUMNS = ("tenant", "key_id", "model", "currency")
 OUTPUT_FORMATS = ("csv", "json")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -56,6 +56,7 @@ class InvoiceLine:
     completion_tokens: int
     cached_tokens: int
     cost: Decimal
+    reasoning_tokens: int = 0  # of completion_tokens, billed at the output price with them
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def build_invoice(ledger: Ledger, month: str) -> Invoice:
         output_price_per_million=Decimal(row.group["output_price_per_million"]),
         requests=row.requests, prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens, cached_tokens=row.cached_tokens,
-        cost=Decimal(row.cost)) for row in rows]
+        cost=Decimal(row.cost), reasoning_tokens=row.reasoning_tokens) for row in rows]
     tenants = ledger.summary(group_by=("tenant",), since=since, until=until, served_only=True)
     totals = ledger.summary(group_by=(), since=since, until=until, served_only=True)
     invoice = Invoice(month, since, until, lines, tenants, totals)
@@ -140,14 +141,16 @@ def _line_dict(invoice: Invoice, line: InvoiceLine) -> dict[str, object]:
             "input_price_per_million": _money(line.input_price_per_million),
             "output_price_per_million": _money(line.output_price_per_million),
             "requests": line.requests, "prompt_tokens": line.prompt_tokens,
-            "completion_tokens": line.completion_tokens, "cached_tokens": line.cached_tokens,
+            "completion_tokens": line.completion_tokens,
+            "reasoning_tokens": line.reasoning_tokens, "cached_tokens": line.cached_tokens,
             "cost": _money(line.cost)}
 
 
 def _sum_dict(row: UsageSummaryRow) -> dict[str, object]:
     return {**row.group, "currency": row.currency, "requests": row.requests,
             "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-            "cached_tokens": row.cached_tokens, "cost": _money(Decimal(row.cost))}
+            "reasoning_tokens": row.reasoning_tokens, "cached_tokens": row.cached_tokens,
+            "cost": _money(Decimal(row.cost))}
 
 
 def render_csv(invoice: Invoice) -> str:

@@ -30,7 +30,9 @@ GROUP_HEADERS = {"key_id": "key", "tenant": "tenant", "model": "model", "endpoin
 # Served requests reached the model (499, the client left, included: it is billed); refused ones
 # were answered 4xx before generating (401/403/404/429, bad requests) and cost nothing.
 DEFAULT_GROUPS = "key,model,day,outcome"
-MEASURES = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost")
+# reasoning_tokens are part of completion_tokens (billed at the output price), shown apart.
+MEASURES = ("requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+            "cost")
 OUTPUT_FORMATS = ("table", "csv", "json")
 
 
@@ -60,7 +62,8 @@ def _cost(value: Decimal) -> str:
 def _row_dict(row: UsageSummaryRow) -> dict[str, object]:
     return {**row.group, "currency": row.currency, "requests": row.requests,
             "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-            "cached_tokens": row.cached_tokens, "cost": _cost(row.cost)}
+            "reasoning_tokens": row.reasoning_tokens, "cached_tokens": row.cached_tokens,
+            "cost": _cost(row.cost)}
 
 
 def render_json(report: UsageReport) -> str:
@@ -90,7 +93,8 @@ def render_csv(report: UsageReport) -> str:
 def render_table(report: UsageReport) -> str:
     """Aligned columns with a TOTAL line per currency; costs padded to one decimal scale."""
     labels = [GROUP_HEADERS[name] for name in report.group_by] or [""]
-    headers = labels + ["requests", "prompt tokens", "completion tokens", "cached tokens", "cost", "currency"]
+    headers = labels + ["requests", "prompt tokens", "completion tokens", "reasoning tokens",
+                        "cached tokens", "cost", "currency"]
     shown = ([] if not report.group_by else report.rows) + report.totals
     # Padding with zeros keeps the value exact and lines the decimal points up.
     places = max((-row.cost.as_tuple().exponent for row in shown if row.cost.as_tuple().exponent < 0), default=0)
@@ -98,7 +102,8 @@ def render_table(report: UsageReport) -> str:
     def cells(row: UsageSummaryRow, label_cells: list[str]) -> list[str]:
         cost = row.cost.quantize(Decimal(1).scaleb(-places)) if places else row.cost
         return label_cells + [f"{row.requests:,}", f"{row.prompt_tokens:,}", f"{row.completion_tokens:,}",
-                              f"{row.cached_tokens:,}", _cost(cost), row.currency]
+                              f"{row.reasoning_tokens:,}", f"{row.cached_tokens:,}", _cost(cost),
+                              row.currency]
 
     body = [cells(row, [safe_cell(row.group[name]) for name in report.group_by])
             for row in (report.rows if report.group_by else [])]

@@ -89,6 +89,9 @@ def create_app(settings: SimulatorSettings) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         message = getattr(exc, "detail", None) or "Internal Server Error"
+        if status in (404, 405):  # routing errors: vLLM's FastAPI answers {"detail": ...}
+            return Response(dumps({"detail": str(message)}), status_code=status,
+                            media_type="application/json")
         return error_response(ClientError(str(message), status))
 
     app = Starlette(

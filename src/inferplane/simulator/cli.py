@@ -31,6 +31,9 @@ def simulator_command(
     seed: Optional[int] = typer.Option(None, help="Seed of the generated text."),
     enable_prompt_tokens_details: bool = typer.Option(
         False, help="Report prefix-cache hits as usage.prompt_tokens_details.cached_tokens."),
+    enable_auto_tool_choice: Optional[bool] = typer.Option(
+        None, "--enable-auto-tool-choice/--no-enable-auto-tool-choice",
+        help="Parse tool calls as vLLM with the model's tool parser does (default: on)."),
     settings_json: Optional[str] = typer.Option(
         None, help="All settings as JSON (SimulatorSettings); options above override it.",
         hidden=True),
@@ -52,6 +55,8 @@ def simulator_command(
     }
     if enable_prompt_tokens_details:
         overrides["enable_prompt_tokens_details"] = True
+    if enable_auto_tool_choice is not None:
+        overrides["enable_auto_tool_choice"] = enable_auto_tool_choice
     if served_model_name:
         overrides["served_model_names"] = served_model_name
         overrides["catalog_keys"] = {}

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from inferplane.catalog import ReasoningStyle
+from inferplane.simulator.agentic import AgenticOutput, plan_agentic, split_pieces
 from inferplane.simulator.generation import THINK_OVERHEAD_TOKENS, TextGenerator, prompt_digest
 from inferplane.simulator.metrics import ModelStats, SimulatorMetrics
 from inferplane.simulator.protocol import ChatCompletionRequest, ClientError, CompletionRequest
@@ -20,6 +21,7 @@ from inferplane.simulator.tokens import (
     COMPLETION_PRIMER_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
     count_text_tokens,
+    count_tools_tokens,
     message_text,
     token_pieces,
 )
@@ -39,6 +41,8 @@ class ServedModel:
     reasoning_default_on: bool
     stats: ModelStats
     slots: asyncio.Semaphore
+    # vLLM runs a reasoning parser for it: chat usage reports completion_tokens_details
+    reasoning_details: bool = False
 
 
 @dataclass
@@ -52,6 +56,9 @@ class Generation:
     pieces: list[str]
     finish_reason: str
     cached_tokens: int = 0
+    agentic: AgenticOutput | None = None  # tool calls or a JSON answer (simulator/agentic.py)
+    thinks: bool = False  # opens with a think block (reasoning on)
+    deltas: list | None = None  # per-token stream deltas, computed once (responses.py)
     prefix_keys: list[tuple[int, int]] = field(default_factory=list)
     arrived: float = field(default_factory=time.monotonic)
     admitted: float = 0.0  # when it got a batch slot; prefill (TTFT) starts here
@@ -125,6 +132,7 @@ class SimulatedEngine:
                 reasoning_default_on=spec.reasoning_default_on,
                 stats=ModelStats(max_len, settings.kv_cache_capacity_tokens),
                 slots=asyncio.Semaphore(settings.max_num_seqs),
+                reasoning_details=spec.reasoning_parser is not None,
             )
         self.default_model = self.models[settings.served_model_names[0]]
         self.metrics = SimulatorMetrics({name: m.stats for name, m in self.models.items()})
@@ -152,6 +160,9 @@ class SimulatedEngine:
             prompt_tokens += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(text)
             texts.append(f"{message.role}\x00{text}")
             boundaries.append((texts[-1], prompt_tokens))
+        if request.tools:
+            # The chat template lists the tools in the system turn.
+            prompt_tokens += count_tools_tokens(request.tools)
         reasoning_tokens = 0
         if model.reasoning_style is ReasoningStyle.SYSTEM_PROMPT and reasoning_requested(
             request.messages, model.reasoning_prompts, model.reasoning_default_on
@@ -164,11 +175,15 @@ class SimulatedEngine:
         last = request.messages[-1]
         echo = message_text(last) if request.echo and last.role == "assistant" else ""
         top = (request.top_logprobs or 0) if request.logprobs else None
+        agentic = plan_agentic(request, prompt_digest("\x01".join(texts), request.seed),
+                               self.settings.enable_auto_tool_choice)
+        if agentic is not None:
+            reasoning_tokens = 0  # tool calls and JSON answers come without a think block
         generations = []
         for choice in range(n):
             generation = self._plan(model, prompt_tokens, "\x01".join(texts), request,
                                     requested, param, reasoning_tokens, continuation=False,
-                                    choice=choice)
+                                    choice=choice, agentic=agentic)
             generation.index, generation.echo, generation.top_logprobs = choice, echo, top
             generation.first_of_prompt = choice == 0
             generations.append(generation)
@@ -191,7 +206,8 @@ class SimulatedEngine:
                 prompt_text = ",".join(map(str, prompt))
                 echo_pieces = [f"<{token}>" for token in prompt]
             if prompt_tokens == 0:
-                raise ClientError("the prompt is empty; send at least one token", param="prompt")
+                raise ClientError("Either prompt or prompt_embeds must be provided and non-empty.",
+                                  param="prompt")
             for choice in range(n):
                 generation = self._plan(model, prompt_tokens, prompt_text, request,
                                         request.max_tokens, "max_tokens", 0, continuation=True,
@@ -209,7 +225,8 @@ class SimulatedEngine:
 
     def _plan(self, model: ServedModel, prompt_tokens: int, prompt_text: str, request,
               requested: int | None, param: str, reasoning_tokens: int,
-              continuation: bool, choice: int = 0) -> Generation:
+              continuation: bool, choice: int = 0,
+              agentic: AgenticOutput | None = None) -> Generation:
         max_len = model.max_model_len
         # vLLM's echo-only scoring: /v1/completions with `echo` and max_tokens 0 returns the
         # prompt and generates nothing.
@@ -237,13 +254,23 @@ class SimulatedEngine:
             length, finish_reason = max_tokens, "length"
         else:
             length, finish_reason = natural, "stop"
+        if agentic is not None:
+            pieces = split_pieces(agentic.text)
+            if len(pieces) > max_tokens:  # cut short: the text as far as it got, unparsed
+                return Generation(model, prompt_tokens, max_tokens, pieces[:max_tokens], "length")
+            return Generation(model, prompt_tokens, max_tokens, pieces, "stop", agentic=agentic)
         # Choice 0 keeps the text a single-choice request gets; the others differ.
         digest = prompt_digest(prompt_text if not choice else f"{prompt_text}\x02{choice}",
                                request.seed)
         pieces = self.generator.pieces(digest, reasoning_tokens, length, continuation)
-        return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason)
+        return Generation(model, prompt_tokens, max_tokens, pieces, finish_reason,
+                          thinks=reasoning_tokens > 0)
 
     def _check_common(self, request, sequences: int) -> None:
+        if request.n is not None and request.n < 1:
+            raise ClientError(f"n must be at least 1, got {request.n}.", param="n")
+        if request.n not in (None, 1) and getattr(request, "temperature", None) == 0:
+            raise ClientError(f"n must be 1 when using greedy sampling, got {request.n}.")
         if sequences > self.settings.max_num_seqs:
             raise ClientError(f"this request asks for {sequences} sequences (n times prompts); "
                               f"the batch holds {self.settings.max_num_seqs}", param="n")

@@ -1,7 +1,7 @@
 """The request bodies vLLM's OpenAI server accepts, and its error shape.
 
 Requests are validated with pydantic straight from the raw bytes (one pass, in Rust). Fields the
-simulator does not model (temperature, stop, tools, ...) are accepted and ignored, as vLLM
+simulator does not model (temperature, stop, ...) are accepted and ignored, as vLLM
 accepts fields it does not know; fields it does model are type-checked, and every problem comes
 back as a 400 naming the field, never a 500.
 """
@@ -94,7 +94,7 @@ class StreamOptions(_Lenient):
 class _GenerationRequest(_Lenient):
     model: str | None = None
     max_tokens: int | None = None
-    n: int | None = Field(1, ge=1)
+    n: int | None = 1  # checked by the engine, as vLLM does (400 naming "n")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
@@ -110,6 +110,11 @@ class ChatCompletionRequest(_GenerationRequest):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(0, ge=0, le=20)
     echo: bool = False  # prepend the last message's content when it is the assistant's
+    # The agentic API (simulator/agentic.py answers them as vLLM with our Nemotron plugin)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(_GenerationRequest):
@@ -142,15 +147,19 @@ def parse_request(model_class: type[BaseModel], body: bytes) -> Any:
 
 
 def _client_error(error: ValidationError) -> ClientError:
+    # vLLM answers request validation errors (FastAPI's) with type "Bad Request" and the
+    # field's location under "body" as param.
     problems = error.errors(include_url=False, include_input=False)
     first = problems[0]
     if first["type"] == "json_invalid":
-        return ClientError(f"the request body is not valid JSON: {first['msg']}")
+        return ClientError(f"the request body is not valid JSON: {first['msg']}",
+                           param="body", error_type="Bad Request")
     if first["type"] == "model_type" and not first["loc"]:
-        return ClientError("the request body must be a JSON object")
+        return ClientError("the request body must be a JSON object", param="body",
+                           error_type="Bad Request")
     messages = []
     for problem in problems:
         where = ".".join(str(part) for part in problem["loc"])
         messages.append(f"{where}: {problem['msg']}" if where else problem["msg"])
-    param = ".".join(str(part) for part in first["loc"]) or None
-    return ClientError("; ".join(messages), param=param)
+    param = ".".join(["body", *(str(part) for part in first["loc"])])
+    return ClientError("; ".join(messages), param=param, error_type="Bad Request")

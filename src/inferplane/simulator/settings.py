@@ -52,6 +52,10 @@ class SimulatorSettings(BaseModel):
     kv_cache_capacity_tokens: int = Field(default_factory=_reference_kv_capacity_tokens, ge=1)
     # vLLM's flag of the same name: report prefix-cache hits as usage cached_tokens
     enable_prompt_tokens_details: bool = False
+    # vLLM's --enable-auto-tool-choice with the catalog's parser (config model.tool_calling):
+    # off, `tools` are still rendered but no tool_calls are parsed, and auto/required/named
+    # tool choices are refused as vLLM refuses them.
+    enable_auto_tool_choice: bool = True
     seed: int = 0
 
     @model_validator(mode="after")
@@ -97,6 +101,7 @@ class SimulatorSettings(BaseModel):
             catalog_keys={config.served_model_name: config.model_spec.key},
             max_model_len=config.max_model_len,
             kv_cache_capacity_tokens=config.sizing().kv_token_capacity,
+            enable_auto_tool_choice=config.model.tool_calling_enabled,
         )
         values.update(overrides)
         return cls(**values)

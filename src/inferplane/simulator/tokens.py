@@ -10,6 +10,7 @@ a test can assert usage to the token.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -56,9 +57,15 @@ def _field(value: Any, name: str) -> Any:
     return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
 
 
-def count_chat_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+def count_tools_tokens(tools: Iterable[Mapping[str, Any]]) -> int:
+    """Tokens the chat template adds for a request's `tools` (their JSON, as it lists them)."""
+    return count_text_tokens(json.dumps(list(tools), ensure_ascii=False))
+
+
+def count_chat_prompt_tokens(messages: Iterable[Mapping[str, Any]],
+                             tools: Iterable[Mapping[str, Any]] | None = None) -> int:
     """prompt_tokens the simulator reports for these chat messages (OpenAI message dicts)."""
-    total = CHAT_PRIMER_TOKENS
+    total = CHAT_PRIMER_TOKENS + (count_tools_tokens(tools) if tools else 0)
     for message in messages:
         total += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(message_text(message))
     return total

