@@ -35,8 +35,9 @@ def _local(state_dir: Optional[Path]):
 
 @cluster_app.command()
 def tools(
-    only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok) or "
-                                                   "pulumi (CLI + kubernetes provider)."),
+    only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok), node "
+                                                   "(containerd, runc, kubelet, kube-proxy, pause) "
+                                                   "or pulumi (CLI + kubernetes provider)."),
     check: bool = typer.Option(False, "--check", help="Report what is built; build nothing."),
 ) -> None:
     """Build the pinned tools with `go build` from the Go module proxy, or reuse the cached build.
@@ -48,7 +49,7 @@ def tools(
     from inferplane.cluster import tools as tool_builds
 
     selections = {"all": tool_builds.ALL_TOOLS, "cluster": tool_builds.CLUSTER_TOOLS,
-                  "pulumi": tool_builds.PULUMI_TOOLS}
+                  "node": tool_builds.NODE_TOOLS, "pulumi": tool_builds.PULUMI_TOOLS}
     if only not in selections:
         _fail(f"--only must be one of {', '.join(selections)}, not {only!r}", 2)
     selected = selections[only]
@@ -81,11 +82,15 @@ def up(
     zone: str = typer.Option("europe-west4-a", "--zone", help="topology.kubernetes.io/zone"),
     accelerator: str = typer.Option("H100-80G", "--accelerator",
                                     help="Catalog accelerator of the fake nodes."),
+    real_node: bool = typer.Option(True, "--real-node/--no-real-node",
+                                   help="local only: also run a real node (containerd + kubelet, "
+                                        "needs root) for CPU pods; the GPU nodes stay kwok fakes."),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy",
                                 help="kind only: deploy the local stack on the simulator and "
                                      "smoke-test a chat completion through the gateway."),
 ) -> None:
-    """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok, GPU nodes.
+    """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok GPU nodes,
+    and a real node (containerd, runc, kubelet, kube-proxy) that runs CPU pods.
 
     Example:  inferplane cluster up --backend local && export KUBECONFIG=.inferplane/cluster/kubeconfig
     """
@@ -104,11 +109,12 @@ def up(
     cluster = _local(state_dir)
     try:
         info = cluster.up(nodes=nodes, kubeconfig=kubeconfig, region=region, zone=zone,
-                          accelerator=accelerator)
+                          accelerator=accelerator, real_node=real_node)
     except ClusterError as error:
         _fail(str(error))
+    fakes = len(info.nodes) - len(info.real_nodes)
     typer.echo(f"cluster up in {info.started_seconds:.0f} s: {info.server}, "
-               f"{len(info.nodes)} fake GPU nodes", err=True)
+               f"{fakes} fake GPU nodes (kwok), {len(info.real_nodes)} real node(s)", err=True)
     typer.echo(f"export KUBECONFIG={info.kubeconfig}")
 
 
@@ -142,6 +148,10 @@ def status(
         for name, process in report["processes"].items():
             typer.echo(f"  {name:25} pid {process['pid']:<8} "
                        f"{'running' if process['alive'] else 'STOPPED'}  {process['log']}")
+        for name, kind in report.get("node_kinds", {}).items():
+            what = ("real: containerd + kubelet, runs CPU pods" if kind == "real"
+                    else "fake: kwok, 8-GPU capacity, runs no containers")
+            typer.echo(f"  node {name:23} {what}")
         if report.get("kubeconfig"):
             typer.echo(f"kubeconfig: {report['kubeconfig']}")
     else:

@@ -18,6 +18,14 @@ KUBERNETES_STAGING_VERSION = "v0.37.2"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 ETCD_VERSION = "v3.6.16"
 
+# The real node. Kubernetes >= 1.36's kubelet needs containerd 2.x; runc is built from its module
+# source (with seccomp) rather than Debian's 1.1.5; kubelet, kube-proxy and the pause binary come
+# from the same k8s.io/kubernetes as the control plane (KUBERNETES_VERSION).
+CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_MODULE = "github.com/opencontainers/runc"
+RUNC_VERSION = "v1.3.7"
+
 # kwok stands in for kubelets: keeps fake nodes Ready and marks their pods Running.
 KWOK_MODULE = "sigs.k8s.io/kwok"
 KWOK_VERSION = "v0.8.0"
