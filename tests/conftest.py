@@ -29,3 +29,19 @@ def make_config():
         return from_mapping(data)
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name the suites that did not run on this machine and why (kind needs a Docker engine), so
+    a green run never hides them among ordinary skips."""
+    not_run: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if "kind" not in report.keywords:
+            continue
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        not_run.setdefault(reason.removeprefix("Skipped: "), []).append(report.nodeid)
+    if not not_run:
+        return
+    terminalreporter.section("NOT RUN on this machine", sep="=", yellow=True, bold=True)
+    for reason, nodeids in not_run.items():
+        terminalreporter.write_line(f"kind backend: {len(nodeids)} tests not run: {reason}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from kubernetes import client as k8s
@@ -18,10 +19,16 @@ from kubernetes import client as k8s
 from inferplane.cluster import node as real_node
 from inferplane.cluster import simulator_stack
 from inferplane.gateway.keys import KeysFile, create_key
+from inferplane.render import LEDGER_DIR
 
-from .conftest import REPO_ROOT
+from inferplane.cluster import tools
+
+from .conftest import REPO_ROOT, require_tools
+from .pulumi_cli import PulumiCli, project_copy
 
 pytestmark = pytest.mark.cluster
+# The gateway's SQLite spool, as rendered (templates/, render.LEDGER_DIR).
+LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
 
 
 def kubectl(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -47,21 +54,34 @@ def test_real_node_is_ready_and_reported_as_real(real_node_cluster):
 
 
 @pytest.fixture(scope="module")
-def simulator_deployment(real_node_cluster, node_gateway_image, kube_client_real):
-    """The `local` stack on the simulator, from our image, applied and Available on the real node."""
-    config = simulator_stack.simulator_config(node_gateway_image,
-                                              REPO_ROOT / simulator_stack.LOCAL_STACK_FILE)
+def simulator_deployment(real_node_cluster, node_gateway_image, kube_client_real,
+                         tmp_path_factory):
+    """`pulumi up` of the `local` stack with the simulator engine and our image, from Pulumi.yaml
+    with the CLI as a user runs it; Available on the real node (Pulumi awaits the Deployment)."""
+    require_tools(tools.PULUMI_TOOLS, "pulumi up on the real node")
+    base = tmp_path_factory.mktemp("pulumi-real")
+    cli = PulumiCli(project_copy(base / "project"), base / "engine", real_node_cluster.kubeconfig)
     keys_file = KeysFile()
     plaintext, entry = create_key(keys_file, tenant="acme", name="real node test")
-    objects = simulator_stack.manifests(config, keys_file.model_dump_json())
-    simulator_stack.apply(kube_client_real, objects)
-    simulator_stack.wait_available(kube_client_real, config, timeout_seconds=300)
-    yield config, plaintext, entry
+    cli.init()
+    try:
+        cli.set("model.engine", "simulator")
+        cli.set("image.gateway", node_gateway_image)
+        cli.set("image.pull_policy", "Never")
+        cli.set("waitForReady", True)
+        cli.set("apiKeysJson", keys_file.model_dump_json(), secret=True)
+        cli.up()
+        config = simulator_stack.simulator_config(node_gateway_image,
+                                                  REPO_ROOT / simulator_stack.LOCAL_STACK_FILE)
+        simulator_stack.wait_available(kube_client_real, config, timeout_seconds=120)
+        yield {"cli": cli, "config": config, "key": plaintext, "entry": entry}
+    finally:
+        cli.destroy()
 
 
 def test_pods_run_on_the_real_node_as_rendered(simulator_deployment, kube_client_real,
                                                real_node_cluster):
-    config, _key, _entry = simulator_deployment
+    config = simulator_deployment["config"]
     core = k8s.CoreV1Api(kube_client_real)
     pods = core.list_namespaced_pod(
         config.namespace, label_selector="app.kubernetes.io/component=inference").items
@@ -86,7 +106,7 @@ def test_openai_client_through_the_cluster_ip_and_usage_in_the_ledger(
         simulator_deployment, kube_client_real, real_node_cluster):
     import openai
 
-    config, key, entry = simulator_deployment
+    config, key, entry = (simulator_deployment[k] for k in ("config", "key", "entry"))
     service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, config.namespace)
     base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
     reply = simulator_stack.smoke_test(base_url, key, config.model.name)
@@ -94,16 +114,68 @@ def test_openai_client_through_the_cluster_ip_and_usage_in_the_ledger(
     with pytest.raises(openai.AuthenticationError):
         refused.models.list()
 
-    core = k8s.CoreV1Api(kube_client_real)
-    pods = core.list_namespaced_pod(
+    expected = {"requests": 1, "prompt_tokens": reply.usage.prompt_tokens,
+                "completion_tokens": reply.usage.completion_tokens}
+    deadline = time.monotonic() + 30
+    while (found := ledger_usage(real_node_cluster, kube_client_real, config, entry.id)) != expected:
+        assert time.monotonic() < deadline, f"ledger has {found}, expected {expected}"
+        time.sleep(1)
+
+
+def ledger_usage(cluster, api_client, config, key_id: str) -> dict[str, int]:
+    """The key's usage summed over every gateway's ledger spool, read in the pods themselves."""
+    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
         config.namespace, label_selector="app.kubernetes.io/component=inference").items
-    totals = {"requests": 0, "completion_tokens": 0}
+    totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     for pod in pods:
-        usage = kubectl(real_node_cluster, "-n", config.namespace, "exec", pod.metadata.name,
-                        "-c", "gateway", "--", "inferplane", "usage", "--ledger",
-                        "sqlite:////var/lib/inferplane/ledger.db", "--by", "key", "-o", "json")
-        for row in json.loads(usage.stdout).get("rows", json.loads(usage.stdout)):
-            if row.get("key") in (entry.id, entry.name, getattr(entry, "key_id", None)):
-                totals["requests"] += row["requests"]
-                totals["completion_tokens"] += row["completion_tokens"]
-    assert totals == {"requests": 1, "completion_tokens": reply.usage.completion_tokens}
+        if not pod.status.pod_ip or pod.metadata.deletion_timestamp:
+            continue
+        usage = kubectl(cluster, "-n", config.namespace, "exec", pod.metadata.name, "-c", "gateway",
+                        "--", "inferplane", "usage", "--ledger", LEDGER_URL, "--by", "key", "-o",
+                        "json")
+        for row in json.loads(usage.stdout)["rows"]:
+            if row["key_id"] == key_id:
+                for field in totals:
+                    totals[field] += row[field]
+    return totals
+
+
+def inference_pods(api_client, config) -> dict[str, tuple[str, int]]:
+    """Running inference pods: name -> (uid, total container restarts)."""
+    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
+        config.namespace, label_selector="app.kubernetes.io/component=inference").items
+    return {p.metadata.name: (p.metadata.uid, sum(s.restart_count for s in p.status.container_statuses))
+            for p in pods if not p.metadata.deletion_timestamp}
+
+
+def test_key_rotation_through_pulumi_up_reaches_the_running_gateway(simulator_deployment,
+                                                                     kube_client_real):
+    """A new key set with `pulumi config set --secret` + `pulumi up`: kubelet updates the mounted
+    Secret, the gateway accepts the new key and refuses the revoked one, with no restart."""
+    import openai
+
+    cli, config, old_key = (simulator_deployment[k] for k in ("cli", "config", "key"))
+    service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, config.namespace)
+    base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
+    before = inference_pods(kube_client_real, config)
+    keys_file = KeysFile()
+    new_key, new_entry = create_key(keys_file, tenant="acme", name="rotated")
+    cli.set("apiKeysJson", keys_file.model_dump_json(), secret=True)
+    up = cli.up()
+    assert "updated" in up.stdout, up.stdout  # the keys Secret
+
+    def accepted(key: str) -> bool:
+        try:
+            openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10).models.list()
+            return True
+        except openai.AuthenticationError:
+            return False
+
+    # kubelet refreshes Secret volumes on its sync (seconds here); the gateway polls the file.
+    deadline = time.monotonic() + 150
+    while not (accepted(new_key) and not accepted(old_key)):
+        assert time.monotonic() < deadline, "the rotated key set never reached the gateway"
+        time.sleep(2)
+    simulator_stack.smoke_test(base_url, new_key, config.model.name)
+    assert inference_pods(kube_client_real, config) == before, "the rotation restarted a pod"
+    simulator_deployment["key"], simulator_deployment["entry"] = new_key, new_entry

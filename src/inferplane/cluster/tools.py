@@ -273,6 +273,47 @@ def _build_pulumi(tool: Tool, work: Path, progress: Progress) -> None:
               progress)
 
 
+def pulumi_source() -> Path:
+    """A git directory (or checkout) of github.com/pulumi/pulumi: INFERPLANE_PULUMI_SOURCE, else the
+    machine's mirror. The Go proxy refuses the language host's module, so its two files come from
+    the repository itself."""
+    return Path(os.environ.get("INFERPLANE_PULUMI_SOURCE", versions.PULUMI_SOURCE_DEFAULT))
+
+
+def _git_show(source: Path, path: str) -> bytes:
+    git_dir = source / ".git" if (source / ".git").exists() else source
+    result = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{path}"],
+                            capture_output=True)
+    if result.returncode != 0:
+        raise ToolBuildError(f"cannot read {path} from the pulumi/pulumi source at {source} "
+                             f"(set INFERPLANE_PULUMI_SOURCE to a clone of "
+                             f"github.com/pulumi/pulumi): {result.stderr.decode().strip()}")
+    return result.stdout
+
+
+def _build_pulumi_language_python(tool: Tool, work: Path, progress: Progress) -> None:
+    """The Python language host: its main.go from the pulumi repository, compiled against the
+    CLI's own sdk/v3 and pkg/v3 from the Go proxy (the same pins as `pulumi`), so `pulumi up`
+    runs a Python program from Pulumi.yaml as it does for users; plus its -exec script."""
+    source = pulumi_source()
+    main_dir = work / "cmd" / "pulumi-language-python"
+    main_dir.mkdir(parents=True)
+    (main_dir / "main.go").write_bytes(_git_show(source, versions.PULUMI_LANGUAGE_PYTHON_MAIN))
+    _write_wrapper(work, "inferplane.local/tools/pulumi-language-python",
+                   {"github.com/pulumi/pulumi/sdk/v3": tool.version,
+                    versions.PULUMI_MODULE: tool.version}, versions.PULUMI_REPLACES)
+    log = work / "build.log"
+    _run(tool, [_go(), "mod", "tidy"], work, progress, log=log)
+    out = work / "out" / "bin"
+    _run(tool, [_go(), "build", "-trimpath", "-ldflags",
+                f"-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={tool.version}",
+                "-o", str(out / "pulumi-language-python"), "./cmd/pulumi-language-python"],
+         work, progress, log=log)
+    exec_script = out / "pulumi-language-python-exec"
+    exec_script.write_bytes(_git_show(source, versions.PULUMI_LANGUAGE_PYTHON_EXEC))
+    exec_script.chmod(0o755)
+
+
 def generate_provider_embeds(package_dir: Path, version: str) -> None:
     """What the provider's `go generate` (generate.go) does before it compiles: the schema with its
     version set, and the Terraform mapping, as the compact JSON files that main.go embeds."""
@@ -324,12 +365,15 @@ RUNC = Tool("runc", versions.RUNC_VERSION, ("runc",), _build_runc,
             ("--version",), f"runc version {versions.RUNC_VERSION.lstrip('v')}")
 PULUMI = Tool("pulumi", versions.PULUMI_VERSION, ("pulumi",), _build_pulumi,
               ("version",), versions.PULUMI_VERSION)
+PULUMI_LANGUAGE_PYTHON = Tool("pulumi-language-python", versions.PULUMI_VERSION,
+                              ("pulumi-language-python", "pulumi-language-python-exec"),
+                              _build_pulumi_language_python)
 PULUMI_KUBERNETES = Tool("pulumi-kubernetes", versions.PULUMI_KUBERNETES_VERSION,
                          ("pulumi-resource-kubernetes",), _build_pulumi_kubernetes)
 
 CLUSTER_TOOLS = (ETCD, KUBERNETES, KWOK)
 NODE_TOOLS = (CONTAINERD, RUNC, KUBERNETES_NODE)
-PULUMI_TOOLS = (PULUMI, PULUMI_KUBERNETES)
+PULUMI_TOOLS = (PULUMI, PULUMI_LANGUAGE_PYTHON, PULUMI_KUBERNETES)
 ALL_TOOLS = CLUSTER_TOOLS + NODE_TOOLS + PULUMI_TOOLS
 TOOLS_BY_NAME = {tool.name: tool for tool in ALL_TOOLS}
 

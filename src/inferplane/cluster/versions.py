@@ -49,10 +49,13 @@ PULUMI_REPLACES = {
                                     "v0.0.0-20241001131231-d02d263e614e"),
 }
 # pulumi-language-python (module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
-# is refused by the module proxy here at every version (403), so programs run through the
-# Automation API's inline mode: the Python SDK serves the language runtime in-process and the real
-# CLI engine and provider do the rest.
+# is refused by the module proxy here at every version (403): its main.go and -exec script come
+# from a clone of the pulumi repository (INFERPLANE_PULUMI_SOURCE), compiled against sdk/v3 and
+# pkg/v3 at PULUMI_VERSION from the proxy, so `pulumi up` runs Pulumi.yaml's program as for users.
 PULUMI_LANGUAGE_PYTHON_MODULE = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3"
+PULUMI_LANGUAGE_PYTHON_MAIN = "sdk/python/cmd/pulumi-language-python/main.go"
+PULUMI_LANGUAGE_PYTHON_EXEC = "sdk/python/cmd/pulumi-language-python-exec"
+PULUMI_SOURCE_DEFAULT = "/work/.mirror/pulumi+pulumi/repo"
 
 # The Kubernetes resource provider. The proxy lists only this pseudo-version of provider/v4
 # (a commit of 2026-01-15, between releases 4.24.0 and 4.29.0); the Python SDK on PyPI is newer
