@@ -26,8 +26,12 @@ COPY examples ./examples
 COPY charts ./charts
 # A venv, not the system site-packages (Debian's python refuses `pip install` there, PEP 668).
 # [postgres]: the ledger shipper to the central PostgreSQL.
+# BUILD_CA_BUNDLE: behind a TLS-inspecting proxy, the path of a CA bundle mounted for this step only
+# (podman build -v host.crt:/run/build-ca.crt:ro --build-arg BUILD_CA_BUNDLE=/run/build-ca.crt);
+# nothing of it stays in the image.
+ARG BUILD_CA_BUNDLE=
 RUN python3 -m venv /opt/inferplane \
-    && /opt/inferplane/bin/pip install ".[postgres]" \
+    && ${BUILD_CA_BUNDLE:+env PIP_CERT=$BUILD_CA_BUNDLE} /opt/inferplane/bin/pip install ".[postgres]" \
     && rm -rf /build
 
 # A fixed, unprivileged uid (the pod's securityContext runs it as its own runAsUser anyway).

@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps tools dev test render plan bench clean
+.PHONY: setup system-deps tools image dev test render plan bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +19,14 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-tools: setup  ## pinned cluster binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
+tools: setup system-deps  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser: built once, cached machine-wide
 	$(BIN)/inferplane cluster tools
 	$(BIN)/inferplane check-vllm-args --prepare
 
-test: setup system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
+image: setup system-deps  ## the gateway image on a Debian base (mmdebstrap + podman, no registry), cached by key
+	$(BIN)/inferplane cluster image
+
+test: setup system-deps tools image  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node)
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example

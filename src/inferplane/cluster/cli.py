@@ -70,6 +70,33 @@ def tools(
 
 
 @cluster_app.command()
+def image(state_dir: Optional[Path] = StateDirOption) -> None:
+    """Build the gateway image from the Dockerfile on a Debian base (mmdebstrap + podman, no
+    registry), or reuse the build of the same sources; load it into the local cluster's real node
+    if one runs; print its reference.
+
+    Example:  pulumi config set --path inferplane:image.gateway "$(inferplane cluster image)"
+    """
+    from inferplane.cluster import images
+    from inferplane.cluster.node import NodeError, RealNode
+
+    try:
+        built = images.gateway_image(echo=lambda m: typer.echo(m, err=True))
+    except images.ImageBuildError as error:
+        _fail(str(error))
+    typer.echo(f"docker-archive: {built.archive}", err=True)
+    cluster = _local(state_dir)
+    info = cluster.info()
+    if info and info.real_nodes and cluster.running(info):
+        try:
+            RealNode(cluster.state_dir, echo=cluster.echo).import_image(built.archive)
+        except NodeError as error:
+            _fail(str(error))
+        typer.echo(f"loaded into {', '.join(info.real_nodes)}", err=True)
+    typer.echo(built.reference)
+
+
+@cluster_app.command()
 def up(
     backend: str = BackendOption,
     state_dir: Optional[Path] = StateDirOption,

@@ -37,6 +37,8 @@ BASE_DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale
                       "/usr/share/info/*")
 BASE_RECIPE_VERSION = "1"
 BASE_REPOSITORY = "localhost/inferplane-base"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BUILD_CA_BUNDLE = "/run/build-ca.crt"
 GATEWAY_REPOSITORY = "localhost/inferplane"
 # podman's defaults raise rlimits above the hard limits of this kind of VM (no CAP_SYS_RESOURCE),
 # and there is no systemd to manage cgroups or the journal.
@@ -193,8 +195,16 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
     started = time.monotonic()
     echo(f"gateway image {reference}: podman build on {base}")
     # The build installs the wheel's dependencies from PyPI: the host's network, no registry.
-    _run("podman build", ["podman", "build", "--network=host", "--pull=never",
-                          "--build-arg", f"BASE_IMAGE={base}", "-t", reference, str(scratch)])
+    # chroot isolation: RUN steps need no OCI runtime, so no cgroup setup (crun refuses the
+    # hybrid cgroup v1/v2 hosts this runs on).
+    # The host's CA bundle is mounted for the pip step only (networks that inspect TLS).
+    trust = []
+    if HOST_CA_BUNDLE.exists():
+        trust = ["--volume", f"{HOST_CA_BUNDLE}:{BUILD_CA_BUNDLE}:ro",
+                 "--build-arg", f"BUILD_CA_BUNDLE={BUILD_CA_BUNDLE}"]
+    _run("podman build", ["podman", "build", "--isolation=chroot", "--network=host", "--pull=never",
+                          *trust, "--build-arg", f"BASE_IMAGE={base}", "-t", reference,
+                          str(scratch)])
     partial = archive.with_suffix(".partial")
     partial.unlink(missing_ok=True)
     _run("podman save", ["podman", "save", "--format", "docker-archive", "-o", str(partial),
