@@ -211,6 +211,10 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
                          reference])
     partial.rename(archive)
     shutil.rmtree(scratch, ignore_errors=True)
+    # One archive per source state would fill the disk (~300 MB each): keep the newest only.
+    for stale in images_dir().glob("gateway-*.tar"):
+        if stale != archive:
+            stale.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     echo(f"gateway image {reference}: built in {seconds:.0f} s")
     return GatewayImage(reference, archive, round(seconds, 1))

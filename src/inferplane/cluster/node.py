@@ -260,10 +260,10 @@ def teardown_host_network() -> None:
     _sh(["ip", "link", "delete", BRIDGE], check=False)
 
 
-def mounts_under(*roots: Path) -> list[str]:
+def mounts_under(*roots: Path, mounts_file: Path = Path("/proc/self/mounts")) -> list[str]:
     """Mount points below any of `roots`, deepest first (kubelet's volumes, containerd's rootfs)."""
     found = []
-    for line in Path("/proc/self/mounts").read_text().splitlines():
+    for line in mounts_file.read_text().splitlines():
         target = line.split()[1].replace("\\040", " ")
         if any(target == str(r) or target.startswith(f"{r}/") for r in roots):
             found.append(target)
