@@ -93,4 +93,6 @@ def test_mounts_under_lists_only_paths_below_the_roots_deepest_first(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("tmpfs /a/b/c tmpfs rw 0 0\ntmpfs /a/b tmpfs rw 0 0\n"
                       "tmpfs /ab tmpfs rw 0 0\noverlay /x/y overlay rw 0 0\n")
-    assert node.mounts_under(Path("/a"), Path("/x"), mounts_file=mounts) == ["/a/b/c", "/a/b", "/x/y"]
+    found = node.mounts_under(Path("/a"), Path("/x"), mounts_file=mounts)
+    assert sorted(found) == ["/a/b", "/a/b/c", "/x/y"]
+    assert found.index("/a/b/c") < found.index("/a/b")  # a parent is unmounted after its children
