@@ -109,7 +109,7 @@ def test_openai_client_through_the_cluster_ip_and_usage_in_the_ledger(
     config, key, entry = (simulator_deployment[k] for k in ("config", "key", "entry"))
     service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, config.namespace)
     base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
-    reply = simulator_stack.smoke_test(base_url, key, config.model.name)
+    reply = simulator_stack.smoke_test(base_url, key, config.served_model_name)
     refused = openai.OpenAI(base_url=base_url, api_key="sk-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         refused.models.list()
@@ -176,6 +176,6 @@ def test_key_rotation_through_pulumi_up_reaches_the_running_gateway(simulator_de
     while not (accepted(new_key) and not accepted(old_key)):
         assert time.monotonic() < deadline, "the rotated key set never reached the gateway"
         time.sleep(2)
-    simulator_stack.smoke_test(base_url, new_key, config.model.name)
+    simulator_stack.smoke_test(base_url, new_key, config.served_model_name)
     assert inference_pods(kube_client_real, config) == before, "the rotation restarted a pod"
     simulator_deployment["key"], simulator_deployment["entry"] = new_key, new_entry

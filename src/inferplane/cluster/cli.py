@@ -103,8 +103,9 @@ def up(
     kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig",
                                               help="Where to write the admin kubeconfig "
                                                    "(default: <state-dir>/kubeconfig)."),
-    nodes: int = typer.Option(2, "--nodes", min=1, max=16,
-                              help="Fake 8-GPU nodes (2 leave room for a rolling update)."),
+    nodes: int = typer.Option(2, "--nodes", min=0, max=16,
+                              help="Fake 8-GPU nodes (2 leave room for a rolling update); 0 only "
+                                   "with the real node."),
     region: str = typer.Option("europe-west4", "--region", help="topology.kubernetes.io/region"),
     zone: str = typer.Option("europe-west4-a", "--zone", help="topology.kubernetes.io/zone"),
     accelerator: str = typer.Option("H100-80G", "--accelerator",

@@ -219,7 +219,8 @@ class LocalCluster:
                 check_prerequisites()
             except NodeError as error:
                 raise ClusterError(str(error)) from None
-        missing = tools.missing(tools.CLUSTER_TOOLS)
+        needed = [t for t in tools.CLUSTER_TOOLS if nodes > 0 or t is not tools.KWOK]
+        missing = tools.missing(needed)
         if missing:
             names = ", ".join(f"{t.name} {t.version}" for t in missing)
             raise ClusterError(f"not built yet: {names}; run `inferplane cluster tools` first "
@@ -272,6 +273,7 @@ class LocalCluster:
         info = ClusterInfo(self.state_dir, server, kubeconfig_path, [])
         binaries = {name: str(tool.path(name)) for tool in tools.CLUSTER_TOOLS
                     for name in tool.binaries}
+        fake_nodes = nodes > 0  # kwok runs only for fake GPU nodes
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
@@ -330,27 +332,29 @@ class LocalCluster:
         self._spawn(info, "kube-scheduler", [
             *secured("kube-scheduler", scheduler_kubeconfig), "--leader-elect=false", "--profiling=false", "--v=1",
         ])
-        kwok_kubeconfig = component_kubeconfig("kwok", kwok_cert)
-        kwok_config = self.state_dir / "kwok.yaml"
-        stages_dir = tools.KWOK.directory / "stages"
-        kwok_config.write_text("".join(
-            f"---\n{(stages_dir / Path(relative).name).read_text()}\n"
-            for relative in tools.versions.KWOK_STAGE_FILES))
-        self._spawn(info, "kwok", [
-            binaries["kwok"], f"--config={kwok_config}", f"--kubeconfig={kwok_kubeconfig}",
-            f"--manage-nodes-with-label-selector={FAKE_NODE_LABEL}=true",
-            f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=127.0.0.1",
-            f"--cidr={POD_CIDR}",
-        ])
+        if fake_nodes:
+            kwok_kubeconfig = component_kubeconfig("kwok", kwok_cert)
+            kwok_config = self.state_dir / "kwok.yaml"
+            stages_dir = tools.KWOK.directory / "stages"
+            kwok_config.write_text("".join(
+                f"---\n{(stages_dir / Path(relative).name).read_text()}\n"
+                for relative in tools.versions.KWOK_STAGE_FILES))
+            self._spawn(info, "kwok", [
+                binaries["kwok"], f"--config={kwok_config}", f"--kubeconfig={kwok_kubeconfig}",
+                f"--manage-nodes-with-label-selector={FAKE_NODE_LABEL}=true",
+                f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=127.0.0.1",
+                f"--cidr={POD_CIDR}",
+            ])
         ca_context = ssl.create_default_context(cafile=str(pki.ca.cert))
         for name in ("kube-controller-manager", "kube-scheduler"):
             self._wait(info, name, f"https://127.0.0.1:{ports[name]}/healthz", deadline,
                        verify=ca_context)
-        self._wait(info, "kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", deadline, verify=False)
-
-        info.nodes = self._create_nodes(client, nodes, accelerator, region, zone)
-        self._wait_until(deadline, "the fake nodes to become Ready (kwok)", info,
-                         lambda: self._nodes_ready(client, info.nodes))
+        if fake_nodes:
+            self._wait(info, "kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", deadline,
+                       verify=False)
+            info.nodes = self._create_nodes(client, nodes, accelerator, region, zone)
+            self._wait_until(deadline, "the fake nodes to become Ready (kwok)", info,
+                             lambda: self._nodes_ready(client, info.nodes))
         # The service-account controller creates `default` in each namespace: pods need it.
         self._wait_until(deadline, "the default service account (kube-controller-manager)", info,
                          lambda: client.get("/api/v1/namespaces/default/serviceaccounts/default")
@@ -479,8 +483,12 @@ class LocalCluster:
     def running(self, info: ClusterInfo | None = None) -> bool:
         """Every recorded process is alive."""
         info = info or self.info()
-        expected = set(COMPONENTS) | (set(NODE_COMPONENTS) if info and info.real_nodes else set())
-        if not info or set(info.processes) != expected:
+        if not info:
+            return False
+        has_fakes = len(info.nodes) > len(info.real_nodes)
+        expected = {c for c in COMPONENTS if c != "kwok" or has_fakes}
+        expected |= set(NODE_COMPONENTS) if info.real_nodes else set()
+        if set(info.processes) != expected:
             return False
         return all(_process_alive(p["pid"], p["binary"]) for p in info.processes.values())
 
