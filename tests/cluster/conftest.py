@@ -66,7 +66,8 @@ def require(condition: bool, message: str) -> None:
 def real_node_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A control plane plus one real node (containerd, runc, kubelet, kube-proxy), no kwok nodes,
     so every pod runs for real; stopped (pods, mounts, bridge, iptables) after the session."""
-    require_tools(tools.CLUSTER_TOOLS + tools.NODE_TOOLS, "the real node")
+    # No fake nodes, so no kwok: the control plane and the node tools.
+    require_tools((tools.ETCD, tools.KUBERNETES, *tools.NODE_TOOLS), "the real node")
     from inferplane.cluster.node import NodeError, check_prerequisites
 
     try:

@@ -256,6 +256,22 @@ def setup_host_network() -> None:
     _sh(["ip", "link", "set", BRIDGE, "up"])
 
 
+# Chains the kubelet itself adds (kube-proxy --cleanup removes kube-proxy's): its localnet firewall
+# and the canaries it watches for iptables flushes.
+KUBELET_CHAINS = (("filter", "KUBE-FIREWALL"), ("filter", "KUBE-KUBELET-CANARY"),
+                  ("nat", "KUBE-KUBELET-CANARY"), ("mangle", "KUBE-KUBELET-CANARY"),
+                  ("mangle", "KUBE-IPTABLES-HINT"))
+
+
+def remove_kubelet_chains() -> None:
+    for table, chain in KUBELET_CHAINS:
+        for parent in ("INPUT", "OUTPUT"):
+            while _sh(["iptables", "-t", table, "-D", parent, "-j", chain], check=False).returncode == 0:
+                pass
+        _sh(["iptables", "-t", table, "-F", chain], check=False)
+        _sh(["iptables", "-t", table, "-X", chain], check=False)
+
+
 def teardown_host_network() -> None:
     _sh(["ip", "link", "delete", BRIDGE], check=False)
 
@@ -406,6 +422,7 @@ class RealNode:
         proxy = tools.KUBERNETES_NODE.path("kube-proxy")
         if proxy.exists():
             _sh([str(proxy), "--cleanup"], check=False)
+        remove_kubelet_chains()
         unmount_under(self.dir, self.run_dir)
         teardown_host_network()
         shutil.rmtree(self.run_dir, ignore_errors=True)
