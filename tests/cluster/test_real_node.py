@@ -53,30 +53,73 @@ def test_real_node_is_ready_and_reported_as_real(real_node_cluster):
     assert ready and ready[0]["status"] == "True"
 
 
-@pytest.fixture(scope="module")
-def simulator_deployment(real_node_cluster, node_gateway_image, kube_client_real,
+class GitOpsDeploy:
+    """The GitOps path (`inferplane render` output + the keys Secret, server-side apply), with the
+    two calls of PulumiCli the tests use."""
+
+    def __init__(self, api_client, config):
+        self.api_client, self.config, self.keys_json = api_client, config, ""
+
+    def set(self, key: str, value: str, secret: bool = False) -> None:
+        assert key == "apiKeysJson"
+        self.keys_json = value
+
+    def up(self) -> subprocess.CompletedProcess:
+        simulator_stack.apply(self.api_client, simulator_stack.manifests(self.config, self.keys_json))
+        return subprocess.CompletedProcess([], 0, "keys Secret updated", "")
+
+    def destroy(self) -> None:
+        # The pods' grace period (the preStop drain) is for real traffic, not for a test teardown.
+        core = k8s.CoreV1Api(self.api_client)
+        core.delete_collection_namespaced_pod(self.config.namespace, grace_period_seconds=0)
+        core.delete_namespace(self.config.namespace)
+
+
+@pytest.fixture(scope="module", params=["pulumi", "gitops"])
+def simulator_deployment(request, real_node_cluster, node_gateway_image, kube_client_real,
                          tmp_path_factory):
-    """`pulumi up` of the `local` stack with the simulator engine and our image, from Pulumi.yaml
-    with the CLI as a user runs it; Available on the real node (Pulumi awaits the Deployment)."""
-    require_tools(tools.PULUMI_TOOLS, "pulumi up on the real node")
-    base = tmp_path_factory.mktemp("pulumi-real")
-    cli = PulumiCli(project_copy(base / "project"), base / "engine", real_node_cluster.kubeconfig)
+    """The `local` stack with the simulator engine and our image, Available on the real node:
+    `pulumi up` from Pulumi.yaml with the CLI as a user runs it (Pulumi awaits the Deployment), or
+    the GitOps path (server-side apply of the rendered objects and the keys Secret)."""
+    config = simulator_stack.simulator_config(node_gateway_image,
+                                              REPO_ROOT / simulator_stack.LOCAL_STACK_FILE)
     keys_file = KeysFile()
     plaintext, entry = create_key(keys_file, tenant="acme", name="real node test")
-    cli.init()
+    if request.param == "pulumi":
+        require_tools(tools.PULUMI_TOOLS, "pulumi up on the real node")
+        base = tmp_path_factory.mktemp("pulumi-real")
+        deploy = PulumiCli(project_copy(base / "project"), base / "engine",
+                           real_node_cluster.kubeconfig)
+        deploy.init()
+    else:
+        deploy = GitOpsDeploy(kube_client_real, config)
     try:
-        cli.set("model.engine", "simulator")
-        cli.set("image.gateway", node_gateway_image)
-        cli.set("image.pull_policy", "Never")
-        cli.set("waitForReady", True)
-        cli.set("apiKeysJson", keys_file.model_dump_json(), secret=True)
-        cli.up()
-        config = simulator_stack.simulator_config(node_gateway_image,
-                                                  REPO_ROOT / simulator_stack.LOCAL_STACK_FILE)
-        simulator_stack.wait_available(kube_client_real, config, timeout_seconds=120)
-        yield {"cli": cli, "config": config, "key": plaintext, "entry": entry}
+        if request.param == "pulumi":
+            deploy.set("model.engine", "simulator")
+            deploy.set("image.gateway", node_gateway_image)
+            deploy.set("image.pull_policy", "Never")
+            deploy.set("waitForReady", True)
+        deploy.set("apiKeysJson", keys_file.model_dump_json(), secret=True)
+        deploy.up()
+        simulator_stack.wait_available(kube_client_real, config, timeout_seconds=300)
+        yield {"cli": deploy, "config": config, "key": plaintext, "entry": entry}
     finally:
-        cli.destroy()
+        deploy.destroy()
+        wait_gone(kube_client_real, config)
+
+
+def wait_gone(api_client, config, timeout_seconds: float = 120) -> None:
+    """Until the namespace is gone, so the next deployment starts from nothing."""
+    core = k8s.CoreV1Api(api_client)
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(config.namespace)
+        except k8s.exceptions.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(1)
 
 
 def test_pods_run_on_the_real_node_as_rendered(simulator_deployment, kube_client_real,
@@ -148,10 +191,10 @@ def inference_pods(api_client, config) -> dict[str, tuple[str, int]]:
             for p in pods if not p.metadata.deletion_timestamp}
 
 
-def test_key_rotation_through_pulumi_up_reaches_the_running_gateway(simulator_deployment,
+def test_key_rotation_reaches_the_running_gateway_without_restart(simulator_deployment,
                                                                      kube_client_real):
-    """A new key set with `pulumi config set --secret` + `pulumi up`: kubelet updates the mounted
-    Secret, the gateway accepts the new key and refuses the revoked one, with no restart."""
+    """A new key set (`pulumi config set --secret` + `pulumi up`, or a re-apply): kubelet updates
+    the mounted Secret, the gateway accepts the new key and refuses the revoked one, no restart."""
     import openai
 
     cli, config, old_key = (simulator_deployment[k] for k in ("cli", "config", "key"))
