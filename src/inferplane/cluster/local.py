@@ -1,8 +1,10 @@
-"""A real Kubernetes control plane on loopback, from upstream binaries, with fake 8-GPU nodes.
+"""A real Kubernetes control plane on loopback, from upstream binaries, with fake 8-GPU nodes
+and, with `real_node=True`, one real node that runs CPU pods (node.py).
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real thing (built by
-`tools.py`); kwok stands in for the kubelets, so nodes stay Ready and scheduled pods become Running
-without containers. Everything listens on 127.0.0.1 on free ports; every process is started in its
+`tools.py`); kwok stands in for the GPU nodes' kubelets, so those nodes stay Ready and pods
+scheduled there become Running without containers. The real node (containerd, runc, kubelet,
+kube-proxy) runs everything else for real. Everything listens on 127.0.0.1 on free ports; every process is started in its
 own session with its pid recorded in the state directory, so `down` stops exactly those processes.
 """
 
@@ -47,6 +49,9 @@ POD_CIDR = "10.244.0.0/16"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_COMPONENTS = ("containerd", "kubelet", "kube-proxy")
+# How long `down` lets the real node's kubelet tear pods down (sandboxes, CNI) before killing.
+NODE_DRAIN_SECONDS = 30.0
 
 
 class ClusterError(RuntimeError):
@@ -120,16 +125,20 @@ class ClusterInfo:
     nodes: list[str]
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)
     started_seconds: float = 0.0
+    # Nodes that run containers (containerd + kubelet); the others in `nodes` are kwok fakes.
+    real_nodes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"state_dir": str(self.state_dir), "server": self.server,
                 "kubeconfig": str(self.kubeconfig), "nodes": self.nodes,
+                "real_nodes": self.real_nodes,
                 "processes": self.processes, "started_seconds": self.started_seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ClusterInfo":
         return cls(Path(data["state_dir"]), data["server"], Path(data["kubeconfig"]), data["nodes"],
-                   data.get("processes", {}), data.get("started_seconds", 0.0))
+                   data.get("processes", {}), data.get("started_seconds", 0.0),
+                   data.get("real_nodes", []))
 
 
 def _process_alive(pid: int, binary: str) -> bool:
@@ -184,8 +193,9 @@ class LocalCluster:
     def up(self, nodes: int = 2, kubeconfig: str | Path | None = None,
            region: str = DEFAULT_REGION, zone: str = DEFAULT_ZONE,
            accelerator: str = DEFAULT_ACCELERATOR,
-           timeout_seconds: float = START_TIMEOUT_SECONDS) -> ClusterInfo:
-        """Start the control plane and kwok, create `nodes` fake GPU nodes, write the kubeconfig."""
+           timeout_seconds: float = START_TIMEOUT_SECONDS, real_node: bool = False) -> ClusterInfo:
+        """Start the control plane and kwok, create `nodes` fake GPU nodes, write the kubeconfig;
+        with `real_node`, also start a node that runs CPU pods (needs root and the node tools)."""
         if not is_eu_region("existing", region):
             raise ClusterError(f"--region {region!r} is not an EU/EEA region we know; use e.g. "
                                f"{DEFAULT_REGION}")
@@ -194,15 +204,23 @@ class LocalCluster:
         if accelerator not in ACCELERATORS:
             raise ClusterError(f"unknown accelerator {accelerator!r}; use one of "
                                f"{', '.join(sorted(ACCELERATORS))}")
-        if nodes < 1:
-            raise ClusterError("--nodes must be at least 1")
+        if nodes < (0 if real_node else 1):
+            raise ClusterError("--nodes must be at least 1 (0 only with a real node)")
         existing = self.info()
         if existing and self.running(existing):
             self.echo(f"already running: {existing.server} (kubeconfig {existing.kubeconfig})")
             return existing
         if existing or self.state_dir.exists():
             self.down(quiet=True)
-        missing = tools.missing(tools.CLUSTER_TOOLS)
+        if real_node:
+            from inferplane.cluster.node import NodeError, check_prerequisites
+
+            try:
+                check_prerequisites()
+            except NodeError as error:
+                raise ClusterError(str(error)) from None
+        needed = [t for t in tools.CLUSTER_TOOLS if nodes > 0 or t is not tools.KWOK]
+        missing = tools.missing(needed)
         if missing:
             names = ", ".join(f"{t.name} {t.version}" for t in missing)
             raise ClusterError(f"not built yet: {names}; run `inferplane cluster tools` first "
@@ -214,7 +232,7 @@ class LocalCluster:
         kubeconfig_path = Path(kubeconfig).resolve() if kubeconfig else self.state_dir / "kubeconfig"
         try:
             info = self._start(nodes, kubeconfig_path, region, zone, accelerator,
-                               started + timeout_seconds)
+                               started + timeout_seconds, real_node)
         except BaseException:
             self.down(quiet=True, keep_logs=True)
             raise
@@ -223,7 +241,7 @@ class LocalCluster:
         return info
 
     def _start(self, nodes: int, kubeconfig_path: Path, region: str, zone: str, accelerator: str,
-               deadline: float) -> ClusterInfo:
+               deadline: float, real_node: bool = False) -> ClusterInfo:
         from inferplane.cluster.pki import ClusterPki
 
         pki = ClusterPki(self.state_dir / "pki")
@@ -233,6 +251,9 @@ class LocalCluster:
                                        client=True)
         scheduler = pki.issue("kube-scheduler", "system:kube-scheduler", client=True)
         kwok_cert = pki.issue("kwok", "kwok-controller", "system:masters", client=True)
+        # The API server's identity towards kubelets (logs, exec, port-forward).
+        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                   "system:masters", client=True)
         service_account = pki.service_account_keys()
 
         ports = {name: free_port() for name in
@@ -252,6 +273,7 @@ class LocalCluster:
         info = ClusterInfo(self.state_dir, server, kubeconfig_path, [])
         binaries = {name: str(tool.path(name)) for tool in tools.CLUSTER_TOOLS
                     for name in tool.binaries}
+        fake_nodes = nodes > 0  # kwok runs only for fake GPU nodes
 
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
@@ -278,6 +300,11 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={pki.ca.cert}",
+            # the real node's kubelet listens on its bridge IP, not on a hostname
+            "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false", "--profiling=false", "--v=1",
         ])
         client = self._admin_client(server, pki.ca.cert, admin)
@@ -305,31 +332,36 @@ class LocalCluster:
         self._spawn(info, "kube-scheduler", [
             *secured("kube-scheduler", scheduler_kubeconfig), "--leader-elect=false", "--profiling=false", "--v=1",
         ])
-        kwok_kubeconfig = component_kubeconfig("kwok", kwok_cert)
-        kwok_config = self.state_dir / "kwok.yaml"
-        stages_dir = tools.KWOK.directory / "stages"
-        kwok_config.write_text("".join(
-            f"---\n{(stages_dir / Path(relative).name).read_text()}\n"
-            for relative in tools.versions.KWOK_STAGE_FILES))
-        self._spawn(info, "kwok", [
-            binaries["kwok"], f"--config={kwok_config}", f"--kubeconfig={kwok_kubeconfig}",
-            f"--manage-nodes-with-label-selector={FAKE_NODE_LABEL}=true",
-            f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=127.0.0.1",
-            f"--cidr={POD_CIDR}",
-        ])
+        if fake_nodes:
+            kwok_kubeconfig = component_kubeconfig("kwok", kwok_cert)
+            kwok_config = self.state_dir / "kwok.yaml"
+            stages_dir = tools.KWOK.directory / "stages"
+            kwok_config.write_text("".join(
+                f"---\n{(stages_dir / Path(relative).name).read_text()}\n"
+                for relative in tools.versions.KWOK_STAGE_FILES))
+            self._spawn(info, "kwok", [
+                binaries["kwok"], f"--config={kwok_config}", f"--kubeconfig={kwok_kubeconfig}",
+                f"--manage-nodes-with-label-selector={FAKE_NODE_LABEL}=true",
+                f"--server-address=127.0.0.1:{ports['kwok']}", "--node-ip=127.0.0.1",
+                f"--cidr={POD_CIDR}",
+            ])
         ca_context = ssl.create_default_context(cafile=str(pki.ca.cert))
         for name in ("kube-controller-manager", "kube-scheduler"):
             self._wait(info, name, f"https://127.0.0.1:{ports[name]}/healthz", deadline,
                        verify=ca_context)
-        self._wait(info, "kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", deadline, verify=False)
-
-        info.nodes = self._create_nodes(client, nodes, accelerator, region, zone)
-        self._wait_until(deadline, "the fake nodes to become Ready (kwok)", info,
-                         lambda: self._nodes_ready(client, info.nodes))
+        if fake_nodes:
+            self._wait(info, "kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", deadline,
+                       verify=False)
+            info.nodes = self._create_nodes(client, nodes, accelerator, region, zone)
+            self._wait_until(deadline, "the fake nodes to become Ready (kwok)", info,
+                             lambda: self._nodes_ready(client, info.nodes))
         # The service-account controller creates `default` in each namespace: pods need it.
         self._wait_until(deadline, "the default service account (kube-controller-manager)", info,
                          lambda: client.get("/api/v1/namespaces/default/serviceaccounts/default")
                          .status_code == 200)
+
+        if real_node:
+            self._start_real_node(info, pki, server, ca_pem, client, deadline)
 
         kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
         kubeconfig_path.write_text(yaml.safe_dump(kubeconfig_document(
@@ -338,16 +370,36 @@ class LocalCluster:
         client.close()
         return info
 
+    def _start_real_node(self, info: ClusterInfo, pki: Any, server: str, ca_pem: bytes,
+                         client: httpx.Client, deadline: float) -> None:
+        """containerd (with the pause image), then kubelet and kube-proxy; wait for Ready."""
+        from inferplane.cluster.node import NODE_NAME, RealNode
+
+        node = RealNode(self.state_dir, self.echo)
+        commands = node.prepare(pki, server, ca_pem, kubeconfig_document)
+        self._spawn(info, "containerd", commands["containerd"], env=node.environment())
+        node.wait_containerd(deadline)
+        node.load_pause()
+        self._spawn(info, "kubelet", commands["kubelet"])
+        self._spawn(info, "kube-proxy", commands["kube-proxy"])
+        info.real_nodes = [NODE_NAME]
+        info.nodes = [*info.nodes, NODE_NAME]
+        self._wait_until(deadline, f"the real node {NODE_NAME} to become Ready (kubelet)", info,
+                         lambda: self._nodes_ready(client, [NODE_NAME], label=None),
+                         component="kubelet")
+        self.echo(f"  node {NODE_NAME}: real (containerd + runc + kubelet), CPU pods")
+
     def _admin_client(self, server: str, ca: Path, admin: Any) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(ca))
         context.load_cert_chain(str(admin.cert), str(admin.key))
         return httpx.Client(base_url=server, verify=context, timeout=10.0)
 
-    def _spawn(self, info: ClusterInfo, name: str, argv: list[str]) -> None:
+    def _spawn(self, info: ClusterInfo, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> None:
         log = self._log(name).open("ab")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, cwd=self.state_dir,
-                                   start_new_session=True)
+                                   start_new_session=True, env=env)
         log.close()
         self._pid_file(name).write_text(str(process.pid))
         info.processes[name] = {"pid": process.pid, "binary": argv[0], "log": str(self._log(name))}
@@ -414,8 +466,9 @@ class LocalCluster:
         return names
 
     @staticmethod
-    def _nodes_ready(client: httpx.Client, names: list[str]) -> bool:
-        response = client.get("/api/v1/nodes", params={"labelSelector": f"{FAKE_NODE_LABEL}=true"})
+    def _nodes_ready(client: httpx.Client, names: list[str],
+                     label: str | None = f"{FAKE_NODE_LABEL}=true") -> bool:
+        response = client.get("/api/v1/nodes", params={"labelSelector": label} if label else None)
         if response.status_code != 200:
             return False
         ready = {
@@ -430,7 +483,12 @@ class LocalCluster:
     def running(self, info: ClusterInfo | None = None) -> bool:
         """Every recorded process is alive."""
         info = info or self.info()
-        if not info or set(info.processes) != set(COMPONENTS):
+        if not info:
+            return False
+        has_fakes = len(info.nodes) > len(info.real_nodes)
+        expected = {c for c in COMPONENTS if c != "kwok" or has_fakes}
+        expected |= set(NODE_COMPONENTS) if info.real_nodes else set()
+        if set(info.processes) != expected:
             return False
         return all(_process_alive(p["pid"], p["binary"]) for p in info.processes.values())
 
@@ -457,6 +515,8 @@ class LocalCluster:
             pass
         return {"state_dir": str(self.state_dir), "server": info.server,
                 "kubeconfig": str(info.kubeconfig), "nodes": info.nodes,
+                "node_kinds": {name: "real" if name in info.real_nodes else "kwok"
+                               for name in info.nodes},
                 "running": all(p["alive"] for p in processes.values()) and api == "ready",
                 "api": api, "processes": processes}
 
@@ -472,17 +532,30 @@ class LocalCluster:
             if name not in recorded:
                 # Started but not yet recorded in cluster.json: the pid file alone is not proof of
                 # ownership, so only stop it if it runs one of our tool binaries.
-                binaries = [str(t.path(b)) for t in tools.CLUSTER_TOOLS for b in t.binaries]
+                binaries = [str(t.path(b)) for t in (*tools.CLUSTER_TOOLS, *tools.NODE_TOOLS)
+                            for b in t.binaries]
                 pid = int(pid_file.read_text().strip() or 0)
                 binary = next((b for b in binaries if _process_alive(pid, b)), None)
                 if binary:
                     recorded[name] = {"pid": pid, "binary": binary}
-        for name in reversed(COMPONENTS):
+        node = None
+        if any(name in recorded for name in NODE_COMPONENTS) or (self.state_dir / "node").is_dir():
+            from inferplane.cluster.node import RealNode
+
+            node = RealNode(self.state_dir, self.echo)
+            if info and "kubelet" in recorded:
+                self._drain_real_node(info, node)
+        for name in reversed((*COMPONENTS, *NODE_COMPONENTS)):
             process = recorded.get(name)
+            if name == "containerd" and node is not None and process \
+                    and _process_alive(process["pid"], process["binary"]):
+                node.kill_containers()
             if process and self._stop(process["pid"], process["binary"]):
                 stopped.append(name)
                 if not quiet:
                     self.echo(f"  stopped {name} (pid {process['pid']})")
+            if name == "containerd" and node is not None:
+                node.cleanup()
         if self.state_dir.is_dir() and (self.state_file.exists() or pid_dir.is_dir()):
             if keep_logs:
                 for sub in ("pki", "etcd", "pids"):
@@ -494,6 +567,36 @@ class LocalCluster:
                 if kubeconfig and kubeconfig.exists() and not kubeconfig.is_relative_to(self.state_dir):
                     kubeconfig.unlink()
         return stopped
+
+    def _drain_real_node(self, info: ClusterInfo, node: Any) -> None:
+        """Cordon the real node and delete its pods, so kubelet stops the sandboxes itself (CNI
+        releases their addresses); give up after NODE_DRAIN_SECONDS and let `down` kill the rest."""
+        from inferplane.cluster.node import NODE_NAME
+
+        pki = self.state_dir / "pki"
+        try:
+            client = self._admin_client(info.server, pki / "ca.crt",
+                                        type("Paths", (), {"cert": pki / "admin.crt",
+                                                           "key": pki / "admin.key"}))
+        except (OSError, ssl.SSLError):
+            return
+        with client:
+            try:
+                client.patch(f"/api/v1/nodes/{NODE_NAME}", json={"spec": {"unschedulable": True}},
+                             headers={"Content-Type": "application/merge-patch+json"})
+                pods = client.get("/api/v1/pods",
+                                  params={"fieldSelector": f"spec.nodeName={NODE_NAME}"}).json()
+                for pod in pods.get("items", []):
+                    meta = pod["metadata"]
+                    client.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/"
+                                   f"{meta['name']}", json={"gracePeriodSeconds": 0})
+            except (httpx.HTTPError, ValueError):
+                return
+        deadline = time.monotonic() + NODE_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            if not node.ctr("tasks", "ls", "-q", check=False).stdout.split():
+                return
+            time.sleep(0.5)
 
     @staticmethod
     def _stop(pid: int, binary: str) -> bool:

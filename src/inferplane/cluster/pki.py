@@ -73,8 +73,10 @@ class ClusterPki:
         _write_key(self._ca_key, self.ca.key)
 
     def issue(self, name: str, common_name: str, organization: str | None = None,
-              server: bool = False, client: bool = False) -> CertPaths:
-        """A leaf certificate signed by the CA; servers get the loopback and in-cluster names."""
+              server: bool = False, client: bool = False, ips: tuple[str, ...] = (),
+              names: tuple[str, ...] = ()) -> CertPaths:
+        """A leaf certificate signed by the CA; servers get the loopback and in-cluster names,
+        plus `ips` and `names` (the real node's kubelet serves on its bridge IP)."""
         key = ec.generate_private_key(ec.SECP256R1())
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
                  ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
@@ -90,8 +92,9 @@ class ClusterPki:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server:
-            alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in APISERVER_DNS_NAMES]
-            alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in LOOPBACK_IPS]
+            alt_names: list[x509.GeneralName] = [x509.DNSName(n)
+                                                 for n in (*APISERVER_DNS_NAMES, *names)]
+            alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*LOOPBACK_IPS, *ips)]
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
         paths = CertPaths(self.directory / f"{name}.crt", self.directory / f"{name}.key")

@@ -180,16 +180,17 @@ def _write_wrapper(work: Path, module_name: str, requires: dict[str, str],
 
 
 def _go_build(tool: Tool, work: Path, out: Path, packages: dict[str, str], ldflags: Iterable[str],
-              progress: Progress) -> None:
+              progress: Progress, tags: Iterable[str] = (), env: dict[str, str] | None = None) -> None:
     """`go get` the main packages at the pinned versions, then build each into out/<binary>."""
     log = work / "build.log"
     _run(tool, [_go(), "get", *[f"{pkg}@{version}" for pkg, version in packages.values()]],
-         work, progress, log=log)
+         work, progress, env=env, log=log)
     flags = " ".join(["-s", "-w", *ldflags])
+    tag_args = ["-tags", ",".join(tags)] if tags else []
     for binary, (pkg, _version) in packages.items():
         started = time.monotonic()
-        _run(tool, [_go(), "build", "-trimpath", "-ldflags", flags, "-o", str(out / binary), pkg],
-             work, progress, log=log)
+        _run(tool, [_go(), "build", "-trimpath", *tag_args, "-ldflags", flags,
+                    "-o", str(out / binary), pkg], work, progress, env=env, log=log)
         progress.step(f"built {binary} in {time.monotonic() - started:.0f} s")
 
 
@@ -215,7 +216,8 @@ def kubernetes_staging_replaces(version: str, staging_version: str) -> dict[str,
     return replaces
 
 
-def _build_kubernetes(tool: Tool, work: Path, progress: Progress) -> None:
+def _build_kubernetes(tool: Tool, work: Path, progress: Progress,
+                      binaries: Iterable[str] | None = None) -> None:
     replaces = kubernetes_staging_replaces(tool.version, versions.KUBERNETES_STAGING_VERSION)
     _write_wrapper(work, "inferplane.local/tools/kubernetes", {"k8s.io/kubernetes": tool.version},
                    replaces)
@@ -227,8 +229,46 @@ def _build_kubernetes(tool: Tool, work: Path, progress: Progress) -> None:
         "-X k8s.io/component-base/version.gitTreeState=clean",
         f"-X k8s.io/client-go/pkg/version.gitVersion={tool.version}",
     ]
-    packages = {name: (f"k8s.io/kubernetes/cmd/{name}", tool.version) for name in tool.binaries}
+    packages = {name: (f"k8s.io/kubernetes/cmd/{name}", tool.version)
+                for name in (binaries or tool.binaries)}
     _go_build(tool, work, work / "out" / "bin", packages, ldflags, progress)
+
+
+def _build_kubernetes_node(tool: Tool, work: Path, progress: Progress) -> None:
+    """kubelet and kube-proxy like the control plane, plus the pod sandbox's `pause` process,
+    compiled statically from the same Kubernetes module (build/pause/linux/pause.c)."""
+    _build_kubernetes(tool, work, progress, binaries=("kubelet", "kube-proxy"))
+    source = _module_dir("k8s.io/kubernetes", tool.version) / "build" / "pause" / "linux" / "pause.c"
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        raise ToolBuildError("building pause needs a C compiler: apt-get install gcc libc6-dev")
+    _run(tool, [gcc, "-Os", "-Wall", "-static", f"-DVERSION={tool.version}", "-o",
+                str(work / "out" / "bin" / "pause"), str(source)], work, progress)
+    _run(tool, ["strip", str(work / "out" / "bin" / "pause")], work, progress)
+
+
+def _build_containerd(tool: Tool, work: Path, progress: Progress) -> None:
+    """containerd 2.x (Kubernetes >= 1.36 needs it), its runc shim and `ctr` to import images."""
+    _write_wrapper(work, "inferplane.local/tools/containerd",
+                   {versions.CONTAINERD_MODULE: tool.version}, {})
+    packages = {name: (f"{versions.CONTAINERD_MODULE}/cmd/{name}", tool.version)
+                for name in tool.binaries}
+    # No cgo: the btrfs and devmapper snapshotters drop out; overlayfs is all the node uses.
+    _go_build(tool, work, work / "out" / "bin", packages,
+              [f"-X {versions.CONTAINERD_MODULE}/version.Version={tool.version}"], progress,
+              tags=("no_btrfs", "no_devmapper", "no_zfs"))
+
+
+def _build_runc(tool: Tool, work: Path, progress: Progress) -> None:
+    """runc with seccomp (pods ask for the RuntimeDefault profile), linked statically: it needs
+    cgo for its nsenter part, gcc and libseccomp-dev (scripts/install-system-deps)."""
+    if not Path("/usr/include/seccomp.h").exists():
+        raise ToolBuildError("building runc needs libseccomp's headers: apt-get install "
+                             "libseccomp-dev (scripts/install-system-deps installs it)")
+    _write_wrapper(work, "inferplane.local/tools/runc", {versions.RUNC_MODULE: tool.version}, {})
+    env = {**go_environment(), "CGO_ENABLED": "1"}
+    _go_build(tool, work, work / "out" / "bin", {"runc": (versions.RUNC_MODULE, tool.version)},
+              ["-extldflags=-static"], progress, tags=("seccomp", "netgo", "osusergo"), env=env)
 
 
 def _build_kwok(tool: Tool, work: Path, progress: Progress) -> None:
@@ -251,6 +291,47 @@ def _build_pulumi(tool: Tool, work: Path, progress: Progress) -> None:
               {"pulumi": (f"{versions.PULUMI_MODULE}/cmd/pulumi", tool.version)},
               [f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={tool.version}"],
               progress)
+
+
+def pulumi_source() -> Path:
+    """A git directory (or checkout) of github.com/pulumi/pulumi: INFERPLANE_PULUMI_SOURCE, else the
+    machine's mirror. The Go proxy refuses the language host's module, so its two files come from
+    the repository itself."""
+    return Path(os.environ.get("INFERPLANE_PULUMI_SOURCE", versions.PULUMI_SOURCE_DEFAULT))
+
+
+def _git_show(source: Path, path: str) -> bytes:
+    git_dir = source / ".git" if (source / ".git").exists() else source
+    result = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{path}"],
+                            capture_output=True)
+    if result.returncode != 0:
+        raise ToolBuildError(f"cannot read {path} from the pulumi/pulumi source at {source} "
+                             f"(set INFERPLANE_PULUMI_SOURCE to a clone of "
+                             f"github.com/pulumi/pulumi): {result.stderr.decode().strip()}")
+    return result.stdout
+
+
+def _build_pulumi_language_python(tool: Tool, work: Path, progress: Progress) -> None:
+    """The Python language host: its main.go from the pulumi repository, compiled against the
+    CLI's own sdk/v3 and pkg/v3 from the Go proxy (the same pins as `pulumi`), so `pulumi up`
+    runs a Python program from Pulumi.yaml as it does for users; plus its -exec script."""
+    source = pulumi_source()
+    main_dir = work / "cmd" / "pulumi-language-python"
+    main_dir.mkdir(parents=True)
+    (main_dir / "main.go").write_bytes(_git_show(source, versions.PULUMI_LANGUAGE_PYTHON_MAIN))
+    _write_wrapper(work, "inferplane.local/tools/pulumi-language-python",
+                   {"github.com/pulumi/pulumi/sdk/v3": tool.version,
+                    versions.PULUMI_MODULE: tool.version}, versions.PULUMI_REPLACES)
+    log = work / "build.log"
+    _run(tool, [_go(), "mod", "tidy"], work, progress, log=log)
+    out = work / "out" / "bin"
+    _run(tool, [_go(), "build", "-trimpath", "-ldflags",
+                f"-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={tool.version}",
+                "-o", str(out / "pulumi-language-python"), "./cmd/pulumi-language-python"],
+         work, progress, log=log)
+    exec_script = out / "pulumi-language-python-exec"
+    exec_script.write_bytes(_git_show(source, versions.PULUMI_LANGUAGE_PYTHON_EXEC))
+    exec_script.chmod(0o755)
 
 
 def generate_provider_embeds(package_dir: Path, version: str) -> None:
@@ -293,14 +374,27 @@ KUBERNETES = Tool("kubernetes", versions.KUBERNETES_VERSION,
                   _build_kubernetes, ("--version",), f"Kubernetes {versions.KUBERNETES_VERSION}")
 KWOK = Tool("kwok", versions.KWOK_VERSION, ("kwok",), _build_kwok,
             ("--version",), versions.KWOK_VERSION.lstrip("v"))
+# The real node: containerd + runc run the pods, kubelet and kube-proxy join the control plane.
+KUBERNETES_NODE = Tool("kubernetes-node", versions.KUBERNETES_VERSION,
+                       ("kubelet", "kube-proxy", "pause"), _build_kubernetes_node,
+                       ("--version",), f"Kubernetes {versions.KUBERNETES_VERSION}")
+CONTAINERD = Tool("containerd", versions.CONTAINERD_VERSION,
+                  ("containerd", "containerd-shim-runc-v2", "ctr"), _build_containerd,
+                  ("--version",), versions.CONTAINERD_VERSION)
+RUNC = Tool("runc", versions.RUNC_VERSION, ("runc",), _build_runc,
+            ("--version",), f"runc version {versions.RUNC_VERSION.lstrip('v')}")
 PULUMI = Tool("pulumi", versions.PULUMI_VERSION, ("pulumi",), _build_pulumi,
               ("version",), versions.PULUMI_VERSION)
+PULUMI_LANGUAGE_PYTHON = Tool("pulumi-language-python", versions.PULUMI_VERSION,
+                              ("pulumi-language-python", "pulumi-language-python-exec"),
+                              _build_pulumi_language_python)
 PULUMI_KUBERNETES = Tool("pulumi-kubernetes", versions.PULUMI_KUBERNETES_VERSION,
                          ("pulumi-resource-kubernetes",), _build_pulumi_kubernetes)
 
 CLUSTER_TOOLS = (ETCD, KUBERNETES, KWOK)
-PULUMI_TOOLS = (PULUMI, PULUMI_KUBERNETES)
-ALL_TOOLS = CLUSTER_TOOLS + PULUMI_TOOLS
+NODE_TOOLS = (CONTAINERD, RUNC, KUBERNETES_NODE)
+PULUMI_TOOLS = (PULUMI, PULUMI_LANGUAGE_PYTHON, PULUMI_KUBERNETES)
+ALL_TOOLS = CLUSTER_TOOLS + NODE_TOOLS + PULUMI_TOOLS
 TOOLS_BY_NAME = {tool.name: tool for tool in ALL_TOOLS}
 
 

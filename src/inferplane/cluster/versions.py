@@ -18,6 +18,14 @@ KUBERNETES_STAGING_VERSION = "v0.37.2"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 ETCD_VERSION = "v3.6.16"
 
+# The real node. Kubernetes >= 1.36's kubelet needs containerd 2.x; runc is built from its module
+# source (with seccomp) rather than Debian's 1.1.5; kubelet, kube-proxy and the pause binary come
+# from the same k8s.io/kubernetes as the control plane (KUBERNETES_VERSION).
+CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_MODULE = "github.com/opencontainers/runc"
+RUNC_VERSION = "v1.3.7"
+
 # kwok stands in for kubelets: keeps fake nodes Ready and marks their pods Running.
 KWOK_MODULE = "sigs.k8s.io/kwok"
 KWOK_VERSION = "v0.8.0"
@@ -41,10 +49,13 @@ PULUMI_REPLACES = {
                                     "v0.0.0-20241001131231-d02d263e614e"),
 }
 # pulumi-language-python (module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
-# is refused by the module proxy here at every version (403), so programs run through the
-# Automation API's inline mode: the Python SDK serves the language runtime in-process and the real
-# CLI engine and provider do the rest.
+# is refused by the module proxy here at every version (403): its main.go and -exec script come
+# from a clone of the pulumi repository (INFERPLANE_PULUMI_SOURCE), compiled against sdk/v3 and
+# pkg/v3 at PULUMI_VERSION from the proxy, so `pulumi up` runs Pulumi.yaml's program as for users.
 PULUMI_LANGUAGE_PYTHON_MODULE = "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3"
+PULUMI_LANGUAGE_PYTHON_MAIN = "sdk/python/cmd/pulumi-language-python/main.go"
+PULUMI_LANGUAGE_PYTHON_EXEC = "sdk/python/cmd/pulumi-language-python-exec"
+PULUMI_SOURCE_DEFAULT = "/work/.mirror/pulumi+pulumi/repo"
 
 # The Kubernetes resource provider. The proxy lists only this pseudo-version of provider/v4
 # (a commit of 2026-01-15, between releases 4.24.0 and 4.29.0); the Python SDK on PyPI is newer
