@@ -291,7 +291,7 @@ def _start_vllm_cpu(config: Any, host: str, state_dir: Path) -> Any:
     vllm_cpu.ensure_venv(log=say)
     say("vllm-cpu: the tiny Nemotron-NAS checkpoint (built once, then cached) ...")
     checkpoint = shared_checkpoint()
-    say("vllm-cpu: starting real vLLM (about a minute) ...")
+    say("vllm-cpu: starting real vLLM (about a minute on an idle machine) ...")
     return vllm_cpu.start(checkpoint, extra_args=vllm_cpu.deployment_vllm_args(config), host=host,
                           served_model_name=config.served_model_name,
                           log_path=state_dir / "vllm-cpu.log", log=say)
