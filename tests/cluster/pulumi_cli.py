@@ -40,7 +40,8 @@ class PulumiCli:
 
     def __call__(self, *args: str, stdin: str | None = None, check: bool = True,
                  timeout: float = 900) -> subprocess.CompletedProcess:
-        command = [str(tools.PULUMI.path()), *args, "--non-interactive", "--color", "never"]
+        # Global flags first: after a `--` in args they would be read as values.
+        command = [str(tools.PULUMI.path()), "--non-interactive", "--color", "never", *args]
         result = subprocess.run(command, cwd=self.project, env=self.env, input=stdin, text=True,
                                 capture_output=True, timeout=timeout)
         if check and result.returncode != 0:

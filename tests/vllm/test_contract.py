@@ -206,7 +206,7 @@ def vllm_metric_names(vllm_url: str) -> set[str]:
 
 
 def test_every_vllm_metric_the_dashboard_alerts_and_autoscaler_query_exists(vllm_server):
-    config = from_mapping({"cloud": "gke", "region": "europe-west4",
+    config = from_mapping({"cloud": "eks", "region": "eu-central-1",  # Envoy Gateway: scale from zero
                            "autoscaling": {"enabled": True, "min_replicas": 0},
                            "model_cache": {"kind": "host_path", "host_path": "/models"},
                            "observability": {"prometheus_rules": True,

@@ -205,7 +205,7 @@ class SimulatedEngine:
                 prompt_tokens = len(prompt)
                 prompt_text = ",".join(map(str, prompt))
                 echo_pieces = [f"<{token}>" for token in prompt]
-            if prompt_tokens == 0:
+            if prompt_tokens == 0 or prompt == "":
                 raise ClientError("Either prompt or prompt_embeds must be provided and non-empty.",
                                   param="prompt")
             for choice in range(n):
