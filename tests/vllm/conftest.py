@@ -15,6 +15,8 @@ import pytest
 
 from inferplane.engines import vllm_cpu
 from inferplane.engines.tiny_nemotron import TRAIN_STEPS_ENV, shared_checkpoint
+from inferplane.gateway.keys import KeysFile, save_keys_file
+from inferplane.gateway.testing import DataPlane, deployment_gateway_settings, running_gateway
 
 _HERE = Path(__file__).resolve().parent
 
@@ -72,3 +74,30 @@ def vllm_server(request, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
         yield server
     finally:
         server.stop()
+
+
+# -- the gateway (production settings) in front of the session's vLLM, a fresh ledger per module --
+
+
+@pytest.fixture(scope="module")
+def plane(vllm_server, tmp_path_factory) -> Iterator[DataPlane]:
+    tmp_path = tmp_path_factory.mktemp("gateway-on-vllm")
+    settings = deployment_gateway_settings(tmp_path, vllm_server.url)
+    keys_path = Path(settings.keys_file)
+    save_keys_file(keys_path, KeysFile())
+    with running_gateway(settings) as (url, app):
+        yield DataPlane(url, vllm_server.url, app, settings, keys_path)
+
+
+@pytest.fixture(scope="module")
+def client(plane):
+    secret, _ = plane.add_key()
+    return plane.client(secret, timeout=120.0)
+
+
+@pytest.fixture(scope="module")
+def direct(vllm_server):
+    """The openai client straight at vLLM, for comparing with what the gateway returns."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120.0)

@@ -15,15 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferplane.config import examples_dir, from_mapping, load
-from inferplane.gateway.keys import KeysFile, save_keys_file
-from inferplane.gateway.testing import DataPlane, deployment_gateway_settings, running_gateway
 from inferplane.observability import queries
 from inferplane.render import VLLM_PORT, render, scaled_object_spec
 from tests.integration.test_observability import metric_names
@@ -40,37 +37,6 @@ def chat_request(model: str, **overrides) -> dict:
     return body
 
 
-@pytest.fixture(scope="module")
-def plane(vllm_server, tmp_path_factory) -> DataPlane:
-    tmp_path = tmp_path_factory.mktemp("gateway-on-vllm")
-    settings = deployment_gateway_settings(tmp_path, vllm_server.url)
-    keys_path = Path(settings.keys_file)
-    save_keys_file(keys_path, KeysFile())
-    with running_gateway(settings) as (url, app):
-        yield DataPlane(url, vllm_server.url, app, settings, keys_path)
-
-
-@pytest.fixture(scope="module")
-def client(plane):
-    secret, _ = plane.add_key()
-    return plane.client(secret, timeout=120.0)
-
-
-@pytest.fixture(scope="module")
-def direct(vllm_server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120.0)
-
-
-def wait_for_record(plane: DataPlane, request_id: str, timeout_seconds: float = 30.0):
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        found = [r for r in plane.records() if r.request_id == request_id]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no usage record for {request_id}"
-        time.sleep(0.05)
 
 
 def billed(record) -> tuple[int, int]:
@@ -88,7 +54,7 @@ def test_a_whole_response_is_billed_as_vllm_counted_it(plane, client, direct):
     expected = direct.chat.completions.create(**chat_request(plane.model)).usage
     raw = client.chat.completions.with_raw_response.create(**chat_request(plane.model))
     reply = raw.parse()
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert counted(expected) == counted(reply.usage) == billed(record)
     assert expected.completion_tokens == TOKENS and not record.streamed
     assert record.status == 200 and record.cost > 0
@@ -112,7 +78,7 @@ def test_a_stream_is_billed_as_vllm_counted_it_in_every_stream_option_mode(
     raw = client.chat.completions.with_raw_response.create(
         **chat_request(plane.model, stream=True, **extra))
     chunks = list(raw.parse())
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert billed(record) == counted(expected) and record.streamed and record.status == 200
     with_usage = [chunk for chunk in chunks if chunk.usage is not None]
     if options is None:
@@ -139,7 +105,7 @@ def test_several_choices_are_billed_for_every_choice(plane, client, direct, stre
         assert indexes == {0, 1}
     else:
         assert len(reply.choices) == 2
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert billed(record) == counted(expected)
 
 
@@ -155,7 +121,7 @@ def test_a_batch_of_prompts_is_billed_for_every_prompt(plane, client, direct, st
         assert {choice.index for chunk in reply for choice in chunk.choices} == {0, 1}
     else:
         assert len(reply.choices) == 2
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert billed(record) == counted(expected)
 
 
@@ -180,7 +146,7 @@ def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_
         if received == 20:
             break
     stream.close()  # the client goes away
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     deadline = time.monotonic() + 30  # vLLM settles its counters once the abort reached it
     while True:
         generated = vllm_generation_tokens(plane.simulator_url) - before

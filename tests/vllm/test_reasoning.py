@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from inferplane.config import examples_dir, load
 from inferplane.engines import vllm_cpu
-from inferplane.gateway.keys import KeysFile, save_keys_file
-from inferplane.gateway.testing import DataPlane, deployment_gateway_settings, running_gateway
 from inferplane.nemotron import REASONING_PARSER_PATH
 
 OFF = {"role": "system", "content": "detailed thinking off"}
@@ -126,37 +122,6 @@ def test_a_think_block_cut_short_is_reasoning_without_content(plugin_probe):
 # -- through the gateway, on the session's vLLM ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def plane(vllm_server, tmp_path_factory) -> DataPlane:
-    tmp_path = tmp_path_factory.mktemp("gateway-reasoning")
-    settings = deployment_gateway_settings(tmp_path, vllm_server.url)
-    keys_path = Path(settings.keys_file)
-    save_keys_file(keys_path, KeysFile())
-    with running_gateway(settings) as (url, app):
-        yield DataPlane(url, vllm_server.url, app, settings, keys_path)
-
-
-@pytest.fixture(scope="module")
-def client(plane):
-    secret, _ = plane.add_key()
-    return plane.client(secret, timeout=120.0)
-
-
-@pytest.fixture(scope="module")
-def direct(vllm_server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120.0)
-
-
-def wait_for_record(plane: DataPlane, request_id: str, timeout_seconds: float = 30.0):
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        found = [r for r in plane.records() if r.request_id == request_id]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no usage record for {request_id}"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("effort", ["none", "high"], ids=["off", "on"])
@@ -167,7 +132,7 @@ def test_reasoning_tokens_reach_client_and_ledger_as_vllm_counted_them(plane, cl
     reply = raw.parse()
     assert raw.headers["x-inferplane-reasoning"] == ("off" if effort == "none" else "on")
     details = reply.usage.completion_tokens_details
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert details is not None and record.reasoning_tokens == details.reasoning_tokens
     message = reply.choices[0].message
     assert "<think>" not in (message.content or "")
@@ -183,7 +148,7 @@ def test_reasoning_off_streams_no_reasoning_and_bills_none(plane, client):
     chunks = list(raw.parse())
     assert not any((c.choices[0].delta.model_extra or {}).get("reasoning")
                    for c in chunks if c.choices)
-    record = wait_for_record(plane, raw.headers["x-request-id"])
+    record = plane.wait_for_record(raw.headers["x-request-id"])
     assert record.reasoning_tokens == chunks[-1].usage.completion_tokens_details.reasoning_tokens == 0
 
 

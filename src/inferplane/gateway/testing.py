@@ -135,6 +135,18 @@ class DataPlane:
         assert len(found) == 1, f"expected one record for {request_id}, found {len(found)}"
         return found[0]
 
+    def wait_for_record(self, request_id: str, timeout_seconds: float = 30.0) -> UsageRecord:
+        """The record of `request_id`, once committed (a 499's commits after the client left)."""
+        import time
+
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            found = [record for record in self.records() if record.request_id == request_id]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no usage record for {request_id}"
+            time.sleep(0.05)
+
 
 def deployment_gateway_settings(tmp_path: Path, upstream_url: str, **overrides: Any
                                 ) -> GatewaySettings:
