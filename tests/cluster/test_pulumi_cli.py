@@ -35,8 +35,23 @@ def test_preview_with_the_policy_pack_passes_the_local_stack(local_stack):
     assert "mandatory" not in result.stdout.lower(), result.stdout
 
 
+# A program that writes its own Deployment with a floating tag: our config already refuses
+# `image.vllm: ...:latest` before any resource exists, so only a program that bypasses it shows
+# the policy pack itself refusing (what a user's own program built on our components could do).
+FLOATING_TAG_PROGRAM = """
+import pulumi_kubernetes as k8s
+
+k8s.apps.v1.Deployment("floating", spec={
+    "selector": {"matchLabels": {"app": "floating"}},
+    "template": {"metadata": {"labels": {"app": "floating"}},
+                 "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai:latest",
+                                          "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}},
+})
+"""
+
+
 def test_policy_pack_refuses_a_floating_image_tag(local_stack):
-    local_stack.set("image.vllm", "vllm/vllm-openai:latest")
+    (local_stack.project / "stacks" / "__main__.py").write_text(FLOATING_TAG_PROGRAM)
     result = local_stack.preview("--policy-pack", "policy", check=False)
     assert result.returncode != 0
-    assert "no-latest-images" in result.stdout + result.stderr
+    assert "no-latest-images" in result.stdout + result.stderr, result.stdout + result.stderr
