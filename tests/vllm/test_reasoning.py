@@ -122,8 +122,6 @@ def test_a_think_block_cut_short_is_reasoning_without_content(plugin_probe):
 # -- through the gateway, on the session's vLLM ---------------------------------------------
 
 
-
-
 @pytest.mark.parametrize("effort", ["none", "high"], ids=["off", "on"])
 def test_reasoning_tokens_reach_client_and_ledger_as_vllm_counted_them(plane, client, effort):
     raw = client.chat.completions.with_raw_response.create(
