@@ -104,8 +104,11 @@ def test_wait_returns_when_the_marker_appears_and_times_out_clearly(tmp_path):
         time.sleep(0.3)
         marker = marker_path(tmp_path, REPO_ID)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"repo": REPO_ID, "revision": COMMIT, "files": 4, "bytes": 1,
-                                      "seconds": 1.0}))
+        # Written whole, then renamed, as fetch() does: a poll never sees half a marker.
+        partial = marker.with_suffix(".tmp")
+        partial.write_text(json.dumps({"repo": REPO_ID, "revision": COMMIT, "files": 4, "bytes": 1,
+                                       "seconds": 1.0}))
+        partial.replace(marker)
 
     threading.Thread(target=finish_later).start()
     assert wait(REPO_ID, tmp_path, timeout_seconds=30, poll_seconds=0.05).revision == COMMIT
