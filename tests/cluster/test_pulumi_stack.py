@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import runpy
 import shutil
+import time
 from pathlib import Path
 
 import pulumi
@@ -191,8 +192,15 @@ def test_vllm_pod_runs_on_a_fake_eight_gpu_node_and_the_deployment_is_available(
         deployed, kube_client, local_cluster):
     config = _deployment_config(deployed["work"], STACK, OVERRIDES)
     apps, core = k8s.AppsV1Api(kube_client), k8s.CoreV1Api(kube_client)
-    deployment = apps.read_namespaced_deployment(config.name, config.namespace)
-    available = [c for c in deployment.status.conditions if c.type == "Available"]
+    # kwok reports the fake node's pod Ready within seconds, and the Deployment controller then
+    # marks it Available: wait for that (a loaded machine can take a while), then check it.
+    deadline = time.monotonic() + 180
+    while True:
+        deployment = apps.read_namespaced_deployment(config.name, config.namespace)
+        available = [c for c in deployment.status.conditions or [] if c.type == "Available"]
+        if (available and available[0].status == "True") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert available and available[0].status == "True"
     assert deployment.status.available_replicas == config.replicas
     selector = ",".join(f"{k}={v}" for k, v in deployment.spec.selector.match_labels.items())
