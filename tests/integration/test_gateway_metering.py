@@ -39,16 +39,6 @@ def slow_plane(tmp_path_factory):
         yield plane
 
 
-def wait_for_record(plane, request_id, timeout_seconds=15.0):
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        found = [r for r in plane.records() if r.request_id == request_id]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no usage record for {request_id}"
-        time.sleep(0.05)
-
-
 def simulator_aborts(plane) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{plane.simulator_url}/metrics").text):
         for sample in family.samples:
@@ -71,7 +61,7 @@ def test_a_client_that_disconnects_mid_stream_is_billed_what_was_generated(slow_
         if received == 10:
             break
     stream.close()  # the client goes away
-    record = wait_for_record(slow_plane, raw.headers["x-request-id"])
+    record = slow_plane.wait_for_record(raw.headers["x-request-id"], timeout_seconds=15.0)
     assert record.status == 499 and record.streamed
     assert received <= record.completion_tokens < SLOW_TOKENS
     assert record.prompt_tokens > 0 and record.cost > 0
