@@ -4,13 +4,11 @@ Every test here failed on the code before the fix (the docstrings say how)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import socket
 import time
-from decimal import Decimal
 
 import httpx
 import openai

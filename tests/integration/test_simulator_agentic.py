@@ -16,7 +16,6 @@ from inferplane.simulator.agentic import instance
 from inferplane.simulator.tokens import count_chat_prompt_tokens
 
 from .test_gateway_dev import dev_server  # noqa: F401 - the `inferplane dev` fixture
-from .test_gateway_metering import wait_for_record
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -87,7 +86,7 @@ def test_auto_calls_the_tool_and_lists_the_tools_in_the_prompt(plane):
     # prompt tokens include the tools the template renders, and the gateway's toggle message
     toggled = [{"role": "system", "content": "detailed thinking on"}, *ASK]
     assert response.usage.prompt_tokens == count_chat_prompt_tokens(toggled, TOOLS)
-    record = wait_for_record(plane, response.id.removeprefix("chatcmpl-"))
+    record = plane.wait_for_record(response.id.removeprefix("chatcmpl-"))
     assert record.completion_tokens == response.usage.completion_tokens
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pulumi
 import pytest
-import yaml
 
 from inferplane.components import (
     EksLedgerDatabaseArgs, GkeLedgerDatabaseArgs, InClusterLedgerDatabaseArgs, LedgerDatabase,

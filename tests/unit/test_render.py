@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.server
 import os
-import shlex
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import kubernetes_validate
 import jsonschema

@@ -1,7 +1,6 @@
 """Under CI a skipped test fails (a missing prerequisite must not pass as green); only a test that
 cannot run on this kind of machine may skip, and the summary says so."""
 
-import pytest
 
 pytest_plugins = ["pytester"]
 

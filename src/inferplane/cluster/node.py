@@ -13,7 +13,6 @@ under /run/inferplane, kube-proxy's iptables chains) and removed by `stop`.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json

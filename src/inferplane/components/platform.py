@@ -18,7 +18,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from inferplane.components.charts import ChartPin, deep_merge, load_chart
+from inferplane.components.charts import ChartPin, load_chart
 from inferplane.config import ENVOY_GATEWAY_CLASS, ConfigError, DeploymentConfig
 
 PLATFORM_TYPE = "inferplane:platform:Platform"
