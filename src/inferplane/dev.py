@@ -283,14 +283,14 @@ def _start_vllm_cpu(config: Any, host: str, state_dir: Path) -> Any:
     """Real vLLM on CPU for `inferplane dev`: install (once), build the checkpoint (once), start;
     progress printed, since the first run takes many minutes and later ones about one."""
     from inferplane.engines import vllm_cpu
-    from inferplane.engines.tiny_nemotron import shared_checkpoint
+    from inferplane.engines.tiny_nemotron import trained_checkpoint
 
     def say(message: str) -> None:
         typer.echo(message, err=True)
 
     vllm_cpu.ensure_venv(log=say)
-    say("vllm-cpu: the tiny Nemotron-NAS checkpoint (built once, then cached) ...")
-    checkpoint = shared_checkpoint()
+    say("vllm-cpu: the tiny Nemotron-NAS checkpoint (built and trained once, then cached) ...")
+    checkpoint = trained_checkpoint()
     say("vllm-cpu: starting real vLLM (about a minute on an idle machine) ...")
     return vllm_cpu.start(checkpoint, extra_args=vllm_cpu.deployment_vllm_args(config), host=host,
                           served_model_name=config.served_model_name,

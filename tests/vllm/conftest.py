@@ -7,6 +7,7 @@ where a missing venv fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from inferplane.engines import vllm_cpu
-from inferplane.engines.tiny_nemotron import TRAIN_STEPS_ENV, shared_checkpoint
+from inferplane.engines.tiny_nemotron import random_checkpoint, trained_checkpoint
 from inferplane.gateway.keys import KeysFile, save_keys_file
 from inferplane.gateway.testing import DataPlane, deployment_gateway_settings, running_gateway
 
@@ -43,32 +44,44 @@ REUSE_URL_ENV = "INFERPLANE_TEST_VLLM_URL"
 
 @pytest.fixture(scope="session")
 def vllm_checkpoint() -> Path:
-    """The tiny Nemotron-NAS checkpoint the session's vLLM serves (cached machine-wide):
-    random weights, or trained on Nemotron's reasoning toggle and tool calls when
-    INFERPLANE_TINY_NEMOTRON_TRAIN_STEPS asks for it (training is slow on 2 cores)."""
+    """The random-weight tiny Nemotron-NAS checkpoint (cached machine-wide): its tokenizer and
+    template are the trained one's too."""
     _require_venv()
-    return shared_checkpoint()
+    return random_checkpoint()
 
 
-@pytest.fixture(scope="session")
-def vllm_checkpoint_is_trained() -> bool:
-    return bool(int(os.environ.get(TRAIN_STEPS_ENV) or 0))
+# Random weights favour endless whitespace inside guided JSON; compact JSON keeps the
+# structured-output tests finite (a server-wide knob: vLLM has no per-request one).
+COMPACT_JSON = ["--structured-outputs-config",
+                '{"backend": "xgrammar", "disable_any_whitespace": true}']
 
 
 @pytest.fixture(scope="session")
 def vllm_server(request, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
     """Real vLLM with everything the production Nemotron deployment loads (reasoning parser,
-    tool parser, chat template); one per session: it takes about a minute to start."""
+    tool parser, chat template) on the random-weight checkpoint, whose answers run to
+    max_tokens; one per session: it takes about a minute to start."""
     reuse = os.environ.get(REUSE_URL_ENV)
     if reuse:
         yield vllm_cpu.VllmServer(None, reuse.rstrip("/"), Path(os.devnull))  # type: ignore[arg-type]
         return
+    with _serving(request.getfixturevalue("vllm_checkpoint"), tmp_path_factory) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def trained_vllm_server(tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
+    """The same, on the checkpoint trained on Nemotron's reasoning toggle and our tool chats
+    (`tiny_nemotron.training_examples()`): the model itself writes think blocks and <TOOLCALL>s."""
+    _require_venv()
+    with _serving(trained_checkpoint(), tmp_path_factory) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serving(checkpoint: Path, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer]:
     log_path = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
-    # Random weights favour endless whitespace inside guided JSON; compact JSON keeps the
-    # structured-output tests finite (a server-wide knob: vLLM has no per-request one).
-    args = [*vllm_cpu.deployment_vllm_args(),
-            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
-    server = vllm_cpu.start(request.getfixturevalue("vllm_checkpoint"), extra_args=args,
+    server = vllm_cpu.start(checkpoint, extra_args=[*vllm_cpu.deployment_vllm_args(), *COMPACT_JSON],
                             log_path=log_path)
     try:
         yield server
@@ -101,3 +114,20 @@ def direct(vllm_server):
     from openai import OpenAI
 
     return OpenAI(base_url=vllm_server.base_url, api_key="unused", max_retries=0, timeout=120.0)
+
+
+@pytest.fixture(scope="module")
+def trained_plane(trained_vllm_server, tmp_path_factory) -> Iterator[DataPlane]:
+    """The gateway (production settings) in front of the trained checkpoint's vLLM."""
+    tmp_path = tmp_path_factory.mktemp("gateway-on-trained-vllm")
+    settings = deployment_gateway_settings(tmp_path, trained_vllm_server.url)
+    keys_path = Path(settings.keys_file)
+    save_keys_file(keys_path, KeysFile())
+    with running_gateway(settings) as (url, app):
+        yield DataPlane(url, trained_vllm_server.url, app, settings, keys_path)
+
+
+@pytest.fixture(scope="module")
+def trained_client(trained_plane):
+    secret, _ = trained_plane.add_key()
+    return trained_plane.client(secret, timeout=300.0)

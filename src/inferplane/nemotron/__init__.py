@@ -17,9 +17,3 @@ TOOL_CALL_END = "</TOOLCALL>"
 REASONING_PARSER_PATH = PACKAGE_DIR / "reasoning_parser.py"
 REASONING_PARSER_NAME = "inferplane_nemotron"
 
-
-def tool_examples() -> list[dict]:
-    """Tool-calling chats the tiny test checkpoint learns (see nemotron/examples.py)."""
-    from inferplane.nemotron.examples import tool_examples as examples
-
-    return examples()
