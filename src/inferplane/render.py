@@ -63,7 +63,9 @@ _VLLM_HEALTH_CHECK = (
     f"urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)"
 )
 # preStop: give the gateway time to stop taking requests, then wait until vLLM has no running or
-# waiting request (or the grace period is nearly spent), so in-flight streams finish.
+# waiting request (or the grace period is nearly spent), so in-flight streams finish. Only a
+# refused connection (vLLM gone) ends the wait early: a busy vLLM can be slow to answer /metrics
+# (seen on CPU: 7 s while streaming), and giving up then would cut the streams it is serving.
 _VLLM_DRAIN = (
     "import re, time, urllib.request\n"
     "deadline = time.time() + {budget}\n"
@@ -71,8 +73,11 @@ _VLLM_DRAIN = (
     "while time.time() < deadline:\n"
     "    try:\n"
     f"        text = urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/metrics', timeout=5).read().decode()\n"
-    "    except Exception:\n"
-    "        break\n"
+    "    except OSError as error:\n"
+    "        if isinstance(getattr(error, 'reason', error), ConnectionRefusedError):\n"
+    "            break\n"
+    "        time.sleep(2)\n"
+    "        continue\n"
     "    busy = sum(float(v) for v in re.findall("
     "r'^vllm:num_requests_(?:running|waiting)\\{{[^}}]*\\}} ([0-9.e+]+)$', text, re.M))\n"
     "    if busy == 0:\n"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import kubernetes_validate
 import jsonschema
@@ -392,13 +394,67 @@ def test_pre_stop_drain_waits_for_running_requests_to_finish():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MetricsHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        script = (command[-1].replace("127.0.0.1:8000", f"127.0.0.1:{server.server_port}")
-                  .replace("time.sleep(5)", "time.sleep(0)").replace("time.sleep(2)", "time.sleep(0.05)"))
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+        result = subprocess.run([sys.executable, "-c", fast_drain(command, server.server_port)],
+                                capture_output=True, timeout=60)
     finally:
         server.shutdown()
     assert result.returncode == 0, result.stderr
     assert _MetricsHandler.scrapes == 3  # it polled until the running count reached zero
+
+
+class _SlowMetricsHandler(_MetricsHandler):
+    """Busy for three scrapes, the second answered later than the script's timeout (a busy vLLM
+    on CPU took 7 s to answer /metrics while streaming), then idle."""
+
+    scrapes = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        type(self).scrapes += 1
+        if type(self).scrapes == 2:
+            time.sleep(1.0)
+        running = 1 if type(self).scrapes <= 3 else 0
+        body = f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'.encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the script gave up on this scrape
+
+
+def fast_drain(command: list[str], port: int) -> str:
+    """The rendered drain script on `port`, its pauses and timeout shortened for a test."""
+    return (command[-1].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            .replace("time.sleep(5)", "time.sleep(0)").replace("time.sleep(2)", "time.sleep(0.05)")
+            .replace("timeout=5", "timeout=0.3"))
+
+
+def test_pre_stop_drain_keeps_waiting_when_vllm_is_slow_to_answer():
+    by_name, _ = containers(render(load(EXAMPLE)))
+    command = by_name["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowMetricsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = subprocess.run([sys.executable, "-c", fast_drain(command, server.server_port)],
+                                capture_output=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert _SlowMetricsHandler.scrapes == 4  # past the slow answer, until the idle one
+
+
+def test_pre_stop_drain_ends_at_once_when_vllm_is_gone():
+    by_name, _ = containers(render(load(EXAMPLE)))
+    command = by_name["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    script = fast_drain(command, port)
+    # With nothing listening the first scrape is refused: the script must end without waiting out
+    # its deadline (the test's own timeout is far below the rendered budget).
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_render_is_deterministic_and_writes_a_kustomization(tmp_path):

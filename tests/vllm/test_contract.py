@@ -221,24 +221,29 @@ def test_the_rendered_prestop_drain_waits_for_vllms_running_requests(plane, clie
     command = rendered_vllm_container()["lifecycle"]["preStop"]["exec"]["command"]
     port = int(vllm_server.url.rsplit(":", 1)[1])
     events: list[str] = []
+    first_chunk = threading.Event()
 
     def long_stream() -> None:
-        # ~1,500 tokens: longer than the drain's initial pause, on any machine.
-        for _ in client.chat.completions.create(
-                **chat_request(plane.model, max_tokens=1500, stream=True)):
-            pass
-        events.append("stream finished")
+        # 4 choices of 1,900 tokens: far longer than the drain's initial 5 s pause (one choice of
+        # 1,500 took 5 s on an idle machine, too close to it).
+        try:
+            for _ in client.chat.completions.create(
+                    **chat_request(plane.model, max_tokens=1900, n=4, temperature=1.0,
+                                 seed=0, stream=True)):
+                first_chunk.set()
+            events.append("stream finished")
+        except Exception as error:  # shown by the assertions below, not lost in the thread
+            events.append(f"stream failed: {error!r}")
+            first_chunk.set()
 
     worker = threading.Thread(target=long_stream)
     worker.start()
-    deadline = time.monotonic() + 300  # a loaded machine queues it for a while
-    while not re.search(r"^vllm:num_requests_running\{[^}]*\} [1-9]",
-                        httpx.get(f"{vllm_server.url}/metrics").text, re.M):
-        assert time.monotonic() < deadline, "the long request never ran"
-        time.sleep(0.1)
+    # The first chunk, not vLLM's /metrics: a busy vLLM answers /metrics only seconds later.
+    assert first_chunk.wait(600), "the long request never started streaming"
+    assert not events, f"the long request ended before the drain began: {events}"
     drain = subprocess.run(pointed_at(command, port), capture_output=True, text=True,
                            timeout=600)
-    # A drain that returned early would leave the 1,500-token request running.
+    # A drain that returned early would leave the long request running.
     running = re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$",
                          httpx.get(f"{vllm_server.url}/metrics").text, re.M)
     worker.join(600)
