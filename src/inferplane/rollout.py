@@ -64,7 +64,8 @@ def pod_reasons(client: Any, namespace: str, selector: dict[str, str]) -> list[s
             _request_timeout=REQUEST_TIMEOUT_SECONDS).items
         warnings = [e for e in events if e.type == "Warning"]
         warnings.sort(key=_event_time, reverse=True)
-        for event in warnings[:EVENTS_PER_POD]:
+        said = {line.split(": ", 2)[-1] for line in lines if line.startswith(f"{name}: ")}
+        for event in [e for e in warnings if e.message not in said][:EVENTS_PER_POD]:
             count = f" (x{event.count})" if event.count and event.count > 1 else ""
             lines.append(f"{name}: event {event.reason}{count}: {event.message}")
     return lines

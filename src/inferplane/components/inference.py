@@ -165,12 +165,13 @@ class InferenceService(pulumi.ComponentResource):
                     client.close()
             except Exception as error:  # the explanation must never hide the failure itself
                 pulumi.log.warn(f"could not read the pods of Deployment {namespace}/{deployment}: "
-                                f"{error}", self.resources.get(("Deployment", deployment)))
+                                f"{error}")
                 return False
+            # Not attached to the Deployment: pulumi.log waits for a resource's URN, which a
+            # resource whose create failed never resolves, so the message would never be sent.
             if reasons:
                 pulumi.log.error(f"Deployment {namespace}/{deployment} is not ready:\n  "
-                                 + "\n  ".join(reasons),
-                                 self.resources.get(("Deployment", deployment)))
+                                 + "\n  ".join(reasons))
             return False
 
         return pulumi.ErrorHook(f"{name}-explain-rollout", explain)
