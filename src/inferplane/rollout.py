@@ -47,14 +47,17 @@ def pod_reasons(client: Any, namespace: str, selector: dict[str, str]) -> list[s
         conditions = {c.type: c for c in status.conditions or []}
         if conditions.get("Ready") is not None and conditions["Ready"].status == "True":
             continue
+        said: set[str] = set()  # messages already listed: their repeating events add nothing
         scheduled = conditions.get("PodScheduled")
         if scheduled is not None and scheduled.status != "True":
             lines.append(f"{name}: {scheduled.reason}: {scheduled.message}")
+            said.add(scheduled.message)
         for container in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
             waiting = container.state.waiting if container.state else None
             if waiting is not None and waiting.reason not in _STARTING:
                 lines.append(f"{name}: container {container.name}: {waiting.reason}: "
                              f"{waiting.message or ''}".rstrip(": "))
+                said.add(waiting.message)
             last = container.last_state.terminated if container.last_state else None
             if last is not None:
                 lines.append(f"{name}: container {container.name} last exited {last.exit_code} "
@@ -64,7 +67,6 @@ def pod_reasons(client: Any, namespace: str, selector: dict[str, str]) -> list[s
             _request_timeout=REQUEST_TIMEOUT_SECONDS).items
         warnings = [e for e in events if e.type == "Warning"]
         warnings.sort(key=_event_time, reverse=True)
-        said = {line.split(": ", 2)[-1] for line in lines if line.startswith(f"{name}: ")}
         for event in [e for e in warnings if e.message not in said][:EVENTS_PER_POD]:
             count = f" (x{event.count})" if event.count and event.count > 1 else ""
             lines.append(f"{name}: event {event.reason}{count}: {event.message}")
