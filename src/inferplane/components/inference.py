@@ -146,7 +146,7 @@ class InferenceService(pulumi.ComponentResource):
                                 kubeconfig: Optional[pulumi.Input[str]],
                                 kube_context: Optional[str]) -> pulumi.ErrorHook:
         """An error hook that prints why the Deployment's pods are not ready (scheduler verdict,
-        container state, Warning events) under the Deployment, then lets the failure stand."""
+        container state, Warning events) on the stack, then lets the failure stand."""
         cluster: dict[str, Optional[str]] = {"kubeconfig": None}
         if kubeconfig is not None:
             pulumi.Output.from_input(kubeconfig).apply(lambda value: cluster.update(kubeconfig=value))
