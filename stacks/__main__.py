@@ -47,6 +47,9 @@ service = InferenceService(
         platform=platform,
         wait_for_ready=settings.options.wait_for_ready,
         ledger_db=settings.ledger_db_args(node_pool),
+        # The provider's cluster, read only to say why a stuck rollout's pods are not ready.
+        kubeconfig=settings.kubeconfig or node_pool.kubeconfig,
+        kube_context=settings.options.kube_context,
     ),
     opts=pulumi.ResourceOptions(providers=[kubernetes]),
 )

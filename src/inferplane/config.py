@@ -226,6 +226,9 @@ class ProbeConfig(Section):
     """Health-check budgets; the startup budget is derived from the weights unless set."""
 
     startup_budget_seconds: int | None = Field(None, ge=60)
+    # GKE/EKS take 5-15 minutes to create an 8-GPU node, then the ~10 GB vLLM image is pulled.
+    node_and_pull_seconds: int = Field(
+        1800, ge=0, description="a new GPU node and the image pull, before the startup budget starts")
     weight_load_gb_per_second: float | None = Field(
         None, gt=0, description="default: pvc 1.0, host_path 2.0, empty_dir model_cache.download_gb_per_second")
     engine_warmup_seconds: int = Field(600, ge=0, description="compile + CUDA graphs after load")

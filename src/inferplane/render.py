@@ -55,6 +55,10 @@ SIMULATOR_COMMAND = ["inferplane", "simulator"]
 SIMULATOR_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"},
                        "limits": {"cpu": "1", "memory": "512Mi"}}
 SIMULATOR_STARTUP_BUDGET_SECONDS = 120
+# Headroom over the estimated weight fetch (download + verify at the config's rates) before a
+# rollout counts as stuck. The Job itself keeps its own, longer deadline
+# (model_cache.prefetch_timeout_seconds): a slow download goes on, and the next rollout waits again.
+FETCH_ESTIMATE_HEADROOM = 1.5
 SIMULATOR_CACHE_SIZE = "1Gi"
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
@@ -295,6 +299,29 @@ def scaled_object_spec(config: DeploymentConfig) -> dict[str, Any]:
     }
 
 
+def fetch_wait_seconds(config: DeploymentConfig) -> int:
+    """How long the weight pre-fetch may take before a rollout counts as stuck: the estimate with
+    headroom, within the Job's own deadline (0 when nothing is pre-fetched)."""
+    if config.model_cache.kind != "pvc" or uses_simulator(config):
+        return 0
+    cold, warm = config.start_seconds("pvc")
+    estimate = int((cold - warm) * FETCH_ESTIMATE_HEADROOM)
+    return min(estimate, config.model_cache.prefetch_timeout_seconds)
+
+
+def startup_budget_seconds(config: DeploymentConfig) -> int:
+    """The startup probe's budget: the config's (derived from the weights), or the simulator's."""
+    return SIMULATOR_STARTUP_BUDGET_SECONDS if uses_simulator(config) else config.startup_budget_seconds
+
+
+def progress_deadline_seconds(config: DeploymentConfig) -> int:
+    """How long a new pod may take to become available before its rollout counts as stuck (the
+    Deployment's progressDeadlineSeconds): a node and the image, the weight pre-fetch as
+    estimated, then the startup budget. Pulumi's await and `kubectl rollout status` follow it."""
+    return (config.probes.node_and_pull_seconds + fetch_wait_seconds(config)
+            + startup_budget_seconds(config))
+
+
 def _rolling_update(config: DeploymentConfig) -> dict[str, Any]:
     # GPUs are scarce, so no surge, except with one replica: then the old pod keeps serving until
     # the new one is ready (the surge pod waits Pending if no spare GPU node exists).
@@ -331,7 +358,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
     simulator = uses_simulator(config)
     # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
     offline = config.model_cache.kind in ("pvc", "host_path") and not simulator
-    startup_budget = SIMULATOR_STARTUP_BUDGET_SECONDS if simulator else config.startup_budget_seconds
+    startup_budget = startup_budget_seconds(config)
     env = [
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp/home"},
@@ -358,6 +385,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "selector": selector_labels(config),
         "replicas": config.replicas,
         "rolling_update": _rolling_update(config),
+        "progress_deadline_seconds": progress_deadline_seconds(config),
         "vllm_image": config.image.gateway if simulator else config.image.vllm,
         "gateway_image": config.image.gateway,
         "pull_policy": config.image.pull_policy,

@@ -8,7 +8,7 @@ import pulumi
 import pytest
 
 from inferplane.components import InferenceService, InferenceServiceArgs, Platform, PlatformArgs, testing
-from inferplane.components.inference import SKIP_AWAIT, TIMEOUT_SECONDS
+from inferplane.components.inference import AWAIT_MARGIN_SECONDS, SKIP_AWAIT, TIMEOUT_SECONDS
 from inferplane.config import ConfigError, DeploymentConfig, from_mapping
 from inferplane.render import render
 
@@ -154,6 +154,27 @@ def test_waiting_covers_fetch_and_load_but_follows_the_estimate_not_the_jobs_dea
     assert timeout < config.model_cache.prefetch_timeout_seconds
     assert timeout <= 2 * 3600
     assert SKIP_AWAIT not in annotations
+
+
+def test_pulumi_waits_for_the_rendered_progress_deadline_per_replaced_pod(mocks):
+    # One replica: the deadline (plus the margin that lets the awaiter see the controller's
+    # verdict); three: an update replaces them one by one, each with the full deadline.
+    single = nemotron(probes={"startup_budget_seconds": 900})
+    deadline = next(m for m in render(single) if m["kind"] == "Deployment")["spec"][
+        "progressDeadlineSeconds"]
+    deploy(mocks, single)
+    annotations = mocks.one(DEPLOYMENT).inputs["metadata"]["annotations"]
+    assert int(annotations[TIMEOUT_SECONDS]) == deadline + AWAIT_MARGIN_SECONDS
+    assert mocks.one(DEPLOYMENT).inputs["spec"]["progressDeadlineSeconds"] == deadline
+
+
+def test_an_update_of_three_replicas_may_take_three_deadlines(mocks):
+    config = nemotron(replicas=3, model_cache={"kind": "host_path", "host_path": "/mnt/models"})
+    deadline = next(m for m in render(config) if m["kind"] == "Deployment")["spec"][
+        "progressDeadlineSeconds"]
+    deploy(mocks, config)
+    annotations = mocks.one(DEPLOYMENT).inputs["metadata"]["annotations"]
+    assert int(annotations[TIMEOUT_SECONDS]) == 3 * deadline + AWAIT_MARGIN_SECONDS
 
 
 def test_a_local_cluster_without_a_gateway_controller_does_not_await_the_gateway(mocks):

@@ -211,6 +211,25 @@ def test_probes_give_the_weights_time_to_load():
     assert pod["terminationGracePeriodSeconds"] == 600
 
 
+def test_progress_deadline_follows_the_startup_budget(make_config):
+    """A stuck rollout is declared stuck (ProgressDeadlineExceeded) at our budget, not at the
+    Kubernetes default of 600 s, which a healthy 500 GB load would blow through."""
+    def deadline(config):
+        return by_kind(render(config))["Deployment"]["spec"]["progressDeadlineSeconds"]
+
+    # Nothing pre-fetched and no node to wait for: the deadline is exactly the startup budget.
+    bare = {"model_cache": {"kind": "empty_dir"}}
+    assert deadline(make_config(**bare, probes={"startup_budget_seconds": 900,
+                                                "node_and_pull_seconds": 0})) == 900
+    assert deadline(make_config(**bare, probes={"startup_budget_seconds": 1800,
+                                                "node_and_pull_seconds": 0})) == 1800
+    # The derived budget, plus the node/image allowance and the weight fetch the Job does first.
+    config = make_config()
+    cold, warm = config.start_seconds("pvc")
+    assert deadline(config) == 1800 + int((cold - warm) * 1.5) + config.startup_budget_seconds
+    assert deadline(config) > 600
+
+
 def test_containers_run_non_root_with_read_only_root_filesystems():
     by_name, pod = containers(render(load(EXAMPLE)))
     assert pod["securityContext"]["runAsNonRoot"] is True

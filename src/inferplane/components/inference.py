@@ -22,19 +22,16 @@ import yaml
 
 from inferplane.config import DeploymentConfig, validate
 from inferplane.gateway.keys import KeysFile
-from inferplane.render import labels, render
+from inferplane.render import fetch_wait_seconds, labels, render
+from inferplane.rollout import api_client, pod_reasons
 
 SERVICE_TYPE = "inferplane:inference:Service"
 SKIP_AWAIT = "pulumi.com/skipAwait"
 TIMEOUT_SECONDS = "pulumi.com/timeoutSeconds"
-# Beyond the startup probe's budget, a Deployment waits for a GPU node to be created (GKE/EKS
-# take 5-15 minutes for an 8-GPU node) and for the vLLM image (~10 GB) to be pulled.
-NODE_AND_PULL_SECONDS = 1800
-# Headroom over the estimated weight fetch (download + verify at the config's rates) before
-# Pulumi stops waiting and reports the pod's state. The Job itself keeps its own, longer deadline
-# (model_cache.prefetch_timeout_seconds): a slow download goes on, and the next `pulumi up` waits
-# again, instead of every stuck first deploy holding the terminal for hours.
-FETCH_ESTIMATE_HEADROOM = 1.5
+# Pulumi's awaiter must still be watching when the Deployment controller declares the rollout stuck
+# (its deadline counts from the ReplicaSet's creation, a moment before the await starts), so the
+# error carries ProgressDeadlineExceeded.
+AWAIT_MARGIN_SECONDS = 60
 
 # Objects a workload's pods need to exist first (they fail admission or mounting without them).
 _PREREQUISITE_KINDS = {"Namespace", "PriorityClass", "ServiceAccount", "ConfigMap",
@@ -55,6 +52,10 @@ class InferenceServiceArgs:
     ledger_db: Optional[Any] = None
     # False: create the objects without waiting for them to become ready (no GPU, no controller).
     wait_for_ready: bool = True
+    # The cluster the provider deploys to (a kubeconfig path or its contents, None: the ambient
+    # one), read only when a rollout fails, to print why its pods are not ready.
+    kubeconfig: Optional[pulumi.Input[str]] = None
+    kube_context: Optional[str] = None
 
 
 class InferenceService(pulumi.ComponentResource):
@@ -114,7 +115,11 @@ class InferenceService(pulumi.ComponentResource):
             # Pods start only once what they mount and reference exists; nothing else waits, so
             # the weight-fetch Job and the Deployment whose pod it runs beside start together.
             needs = after_namespace + (prerequisites if manifest["kind"] in _WORKLOAD_KINDS else [])
-            resource = self._apply(name, manifest, needs)
+            hooks = None
+            if manifest["kind"] == "Deployment" and args.wait_for_ready:
+                hooks = pulumi.ResourceHookBinding(on_error=[self._explain_failed_rollout(
+                    name, manifest, args.kubeconfig, args.kube_context)])
+            resource = self._apply(name, manifest, needs, hooks)
             if manifest["kind"] in _PREREQUISITE_KINDS:
                 prerequisites.append(resource)
 
@@ -137,10 +142,44 @@ class InferenceService(pulumi.ComponentResource):
     def deployment(self) -> k8s.apps.v1.Deployment:
         return self.resources[("Deployment", self.config.name)]
 
-    def _apply(self, name: str, manifest: dict[str, Any],
-               depends_on: Sequence[pulumi.Resource]) -> pulumi.CustomResource:
+    def _explain_failed_rollout(self, name: str, manifest: dict[str, Any],
+                                kubeconfig: Optional[pulumi.Input[str]],
+                                kube_context: Optional[str]) -> pulumi.ErrorHook:
+        """An error hook that prints why the Deployment's pods are not ready (scheduler verdict,
+        container state, Warning events) on the stack, then lets the failure stand."""
+        cluster: dict[str, Optional[str]] = {"kubeconfig": None}
+        if kubeconfig is not None:
+            pulumi.Output.from_input(kubeconfig).apply(lambda value: cluster.update(kubeconfig=value))
+        namespace = manifest["metadata"]["namespace"]
+        selector = manifest["spec"]["selector"]["matchLabels"]
+        deployment = manifest["metadata"]["name"]
+
+        def explain(args: pulumi.ErrorHookArgs) -> bool:
+            if args.failed_operation == "delete":
+                return False
+            try:
+                client = api_client(cluster["kubeconfig"], kube_context)
+                try:
+                    reasons = pod_reasons(client, namespace, selector)
+                finally:
+                    client.close()
+            except Exception as error:  # the explanation must never hide the failure itself
+                pulumi.log.warn(f"could not read the pods of Deployment {namespace}/{deployment}: "
+                                f"{error}")
+                return False
+            # Not attached to the Deployment: pulumi.log waits for a resource's URN, which a
+            # resource whose create failed never resolves, so the message would never be sent.
+            if reasons:
+                pulumi.log.error(f"Deployment {namespace}/{deployment} is not ready:\n  "
+                                 + "\n  ".join(reasons))
+            return False
+
+        return pulumi.ErrorHook(f"{name}-explain-rollout", explain)
+
+    def _apply(self, name: str, manifest: dict[str, Any], depends_on: Sequence[pulumi.Resource],
+               hooks: Optional[pulumi.ResourceHookBinding] = None) -> pulumi.CustomResource:
         object_name = manifest["metadata"]["name"]
-        opts = pulumi.ResourceOptions(parent=self, depends_on=list(depends_on))
+        opts = pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), hooks=hooks)
         resource_name = f"{name}-{manifest['kind'].lower()}-{object_name}"
         resource_class = kubernetes_class(manifest["apiVersion"], manifest["kind"])
         fields = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
@@ -199,13 +238,15 @@ def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
     if not wait_for_ready:
         annotations[SKIP_AWAIT] = "true"
     elif manifest["kind"] == "Deployment":
-        # Pulumi's 10-minute default would fail every first deploy of a 500 GB model: wait for a
-        # node, the image, the weight fetch (a PVC is filled by the Job first) and the load, as
-        # estimated for this config, not the fetch Job's hours-long deadline.
-        annotations[TIMEOUT_SECONDS] = str(
-            NODE_AND_PULL_SECONDS + fetch_wait_seconds(config) + config.startup_budget_seconds)
+        # Pulumi's 10-minute default would fail every first deploy of a 500 GB model, and the
+        # fetch Job's hours-long deadline would hold a stuck one: wait as long as the rendered
+        # progress deadline (node, image, weight fetch, load, as estimated for this config) for
+        # each pod an update replaces in turn. The provider does not stop at that deadline itself.
+        deadline = manifest["spec"]["progressDeadlineSeconds"]
+        annotations[TIMEOUT_SECONDS] = str(deadline * rollout_waves(config) + AWAIT_MARGIN_SECONDS)
     elif manifest["kind"] == "Job":
-        annotations[TIMEOUT_SECONDS] = str(NODE_AND_PULL_SECONDS + fetch_wait_seconds(config))
+        annotations[TIMEOUT_SECONDS] = str(
+            config.probes.node_and_pull_seconds + fetch_wait_seconds(config))
     if not annotations:
         # The engine drops an empty map from the state on create, so every later preview would
         # want to add `annotations: {}` back (seen with the real engine on the keys Secret).
@@ -213,14 +254,12 @@ def _with_await_annotations(manifest: dict[str, Any], config: DeploymentConfig,
     return manifest
 
 
-def fetch_wait_seconds(config: DeploymentConfig) -> int:
-    """How long Pulumi waits for the weight pre-fetch: the estimate with headroom, within the Job's
-    own deadline (0 when nothing is pre-fetched)."""
-    if config.model_cache.kind != "pvc":
-        return 0
-    cold, warm = config.start_seconds("pvc")
-    estimate = int((cold - warm) * FETCH_ESTIMATE_HEADROOM)
-    return min(estimate, config.model_cache.prefetch_timeout_seconds)
+def rollout_waves(config: DeploymentConfig) -> int:
+    """How many pods an update replaces one after another (each gets the progress deadline): one
+    with one replica (it surges), else every replica the Deployment may have (maxUnavailable 1)."""
+    if config.replicas == 1 and not config.autoscaling.enabled:
+        return 1
+    return max(config.replicas, config.autoscaling.max_replicas if config.autoscaling.enabled else 0)
 
 
 def _secret_keys(manifests: list[dict[str, Any]],
