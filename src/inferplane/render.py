@@ -381,6 +381,9 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "name": config.name,
         "namespace": config.namespace,
         "labels": labels(config, "inference"),
+        # Not the inference pods' labels: their Service, PodDisruptionBudget and NetworkPolicy
+        # must not select the fetch Job's pod.
+        "fetch_labels": labels(config, "fetch-weights"),
         "namespace_labels": labels(config, "namespace"),
         "selector": selector_labels(config),
         "replicas": config.replicas,

@@ -186,6 +186,21 @@ def test_prefetched_cache_is_filled_by_a_job_and_mounted_read_only_offline():
     assert term["labelSelector"]["matchLabels"] == pod_selector(manifests)
 
 
+def test_nothing_that_selects_the_inference_pods_selects_the_fetch_job_pod():
+    """The Service would route clients to it, the PodDisruptionBudget count it, the NetworkPolicy
+    confine it."""
+    manifests = render(load(EXAMPLE))
+    job_pod_labels = by_kind(manifests)["Job"]["spec"]["template"]["metadata"]["labels"]
+    selectors = [m["spec"]["selector"] for m in manifests if m["kind"] == "Service"]
+    selectors += [m["spec"][key]["matchLabels"] for m in manifests
+                  for kind, key in (("PodDisruptionBudget", "selector"),
+                                    ("NetworkPolicy", "podSelector"), ("Deployment", "selector"))
+                  if m["kind"] == kind]
+    assert len(selectors) >= 4
+    for selector in selectors:
+        assert not selector.items() <= job_pod_labels.items(), selector
+
+
 def test_download_at_start_needs_the_token_and_no_job(make_config):
     manifests = render(make_config(model_cache={"kind": "empty_dir"}, model={"revision": "abc123"}))
     assert "Job" not in by_kind(manifests)
