@@ -179,6 +179,18 @@ class GatewayImage:
     built_seconds: float
 
 
+def _remove_stale_tags(current: str) -> None:
+    """Untag (and so free) the gateway images of earlier source states: podman's store kept one
+    per `make test` run (~320 MB each) until the disk filled."""
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                             "--filter", f"reference={GATEWAY_REPOSITORY}:dev-*"],
+                            capture_output=True, text=True, env=podman_environment())
+    stale = [name for name in listed.stdout.split() if name != current]
+    if stale:
+        subprocess.run(["podman", "rmi", "--ignore", *stale], capture_output=True,
+                       env=podman_environment())
+
+
 def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -> GatewayImage:
     """Build the Dockerfile on the Debian base (or reuse the build of the same sources)."""
     base = base_image(echo)
@@ -215,6 +227,7 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
     for stale in images_dir().glob("gateway-*.tar"):
         if stale != archive:
             stale.unlink(missing_ok=True)
+    _remove_stale_tags(reference)
     seconds = time.monotonic() - started
     echo(f"gateway image {reference}: built in {seconds:.0f} s")
     return GatewayImage(reference, archive, round(seconds, 1))
