@@ -131,13 +131,21 @@ def central_records(api_client, config) -> dict:
     return {r.request_id: r for r in records}
 
 
-def chat(client, model: str) -> tuple[str, object]:
-    """One chat completion; its request id (the ledger's key, from X-Request-Id) and usage."""
-    reply = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Count the usage, please."}],
-        max_tokens=16)
-    assert reply.usage is not None and reply._request_id
-    return reply._request_id, reply.usage
+def chat(client, model: str, stream: bool = False) -> tuple[str, object]:
+    """One chat completion, streamed or not; its request id (the ledger's key, from
+    X-Request-Id) and usage (a stream's comes in its last chunk)."""
+    messages = [{"role": "user", "content": "Count the usage, please."}]
+    if not stream:
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=16)
+        assert reply.usage is not None and reply._request_id
+        return reply._request_id, reply.usage
+    chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=64,
+                                            stream=True, stream_options={"include_usage": True})
+    with chunks:
+        usage = [chunk.usage for chunk in chunks if chunk.usage is not None]
+        request_id = chunks.response.headers["x-request-id"]
+    assert len(usage) == 1 and request_id, usage
+    return request_id, usage[0]
 
 
 def wait_shipped(api_client, config, ids: set[str], timeout_seconds: float) -> dict:
@@ -179,7 +187,7 @@ def test_records_ship_from_the_spool_to_postgres_running_on_the_real_node(
 
     client = openai.OpenAI(base_url=base_url(kube_client_real, config), api_key=key,
                            max_retries=0, timeout=30)
-    served = dict(chat(client, config.served_model_name) for _ in range(3))
+    served = dict(chat(client, config.served_model_name, stream) for stream in (False, True, False))
     found = wait_shipped(kube_client_real, config, set(served), SLOW_SHIP_SECONDS * 2 + 30)
     for request_id, usage in served.items():
         record = found[request_id]
@@ -226,10 +234,10 @@ def test_deleting_the_gateway_pod_ships_its_spool_and_loses_no_record(
 
 
 class SteadyClient:
-    """Threads sending chat completions back to back with the openai client (no retries), each
-    success's request id and each failure kept."""
+    """Threads sending chat completions back to back with the openai client (no retries), one
+    of them streamed; each success's request id and each failure kept."""
 
-    def __init__(self, url: str, key: str, model: str, threads: int = 2):
+    def __init__(self, url: str, key: str, model: str, threads: int = 3):
         import openai
 
         self.clients = [openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=60)
@@ -239,13 +247,13 @@ class SteadyClient:
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(c,), daemon=True)
-                        for c in self.clients]
+        self.threads = [threading.Thread(target=self._run, args=(c, n == 0), daemon=True)
+                        for n, c in enumerate(self.clients)]
 
-    def _run(self, client) -> None:
+    def _run(self, client, stream: bool) -> None:
         while not self.stop.is_set():
             try:
-                request_id, _ = chat(client, self.model)
+                request_id, _ = chat(client, self.model, stream)
             except Exception as error:  # noqa: BLE001 - every failure is the test's finding
                 with self.lock:
                     self.failures.append(f"{type(error).__name__}: {error}")
@@ -268,6 +276,39 @@ class SteadyClient:
             thread.join(90)
 
 
+def process_prefix(request_id: str) -> str:
+    """The gateway process's part of its request ids ("req_" + 14 hex per process + counter)."""
+    return request_id[4:18]
+
+
+class TerminationWatch:
+    """Polls for the old pod's deletion; at that moment, the records its gateway served (by their
+    ids' process part) that the central ledger does not hold yet: what only the drain can ship."""
+
+    def __init__(self, api_client, config, old_pods: set[str], load: SteadyClient):
+        self.api_client, self.config, self.old_pods, self.load = api_client, config, old_pods, load
+        with load.lock:
+            self.old_process = {process_prefix(i) for i in load.ids}
+        self.waiting: set[str] = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "TerminationWatch":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not self.load.stop.is_set():
+            pods = k8s.CoreV1Api(self.api_client).list_namespaced_pod(
+                NAMESPACE, label_selector=INFERENCE).items
+            if any(p.metadata.deletion_timestamp for p in pods if p.metadata.name in self.old_pods):
+                with self.load.lock:
+                    served = {i for i in self.load.ids if process_prefix(i) in self.old_process}
+                self.waiting = served - set(central_records(self.api_client, self.config))
+                return
+            time.sleep(0.5)
+
+
 def test_rolling_update_under_steady_load_fails_no_request_and_loses_no_record(
         central_deployment, kube_client_real):
     """A config change through `pulumi up` rolls the pod while a client keeps sending: the old
@@ -283,7 +324,9 @@ def test_rolling_update_under_steady_load_fails_no_request_and_loses_no_record(
             assert time.monotonic() < deadline and not load.failures, load.failures[:3]
             time.sleep(0.5)
         # Any pod-template change rolls the Deployment: here the gateway's config (its hash is a
-        # pod annotation). Pulumi awaits the rollout.
+        # pod annotation). Pulumi awaits the rollout; meanwhile, note what the old pod's spool
+        # still held when its termination began.
+        termination = TerminationWatch(kube_client_real, config, before, load).start()
         cli.set("ledger.ship_interval_seconds", 1)
         cli.up()
         deadline = time.monotonic() + GRACE_SECONDS + 120
@@ -305,6 +348,9 @@ def test_rolling_update_under_steady_load_fails_no_request_and_loses_no_record(
     finally:
         load.finish()
     assert not load.failures, f"{len(load.failures)} failed requests, e.g. {load.failures[:3]}"
+    termination.thread.join(30)
+    assert termination.waiting, ("the old pod's spool was empty when its termination began: "
+                                 "the drain was not exercised")
     ids = set(load.ids)
     assert len(ids) == len(load.ids), "the gateway gave two requests the same id"
     found = wait_shipped(kube_client_real, config, ids, 120)
