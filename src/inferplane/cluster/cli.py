@@ -80,8 +80,10 @@ def image(state_dir: Optional[Path] = StateDirOption,
     registry), or reuse the build of the same sources; load it into the local cluster's real node
     if one runs; print its reference.
 
+    \b
     Example:  pulumi config set --path inferplane:image.gateway "$(inferplane cluster image)"
-              pulumi config set --path inferplane:ledgerDb.image "$(inferplane cluster image --postgres)"
+              pulumi config set --path inferplane:ledgerDb.image \\
+                "$(inferplane cluster image --postgres)"
     """
     from inferplane.cluster import images
     from inferplane.cluster.node import NodeError, RealNode
