@@ -255,8 +255,10 @@ class SteadyClient:
             try:
                 request_id, _ = chat(client, self.model, stream)
             except Exception as error:  # noqa: BLE001 - every failure is the test's finding
+                cause = error.__cause__ or error.__context__
                 with self.lock:
-                    self.failures.append(f"{type(error).__name__}: {error}")
+                    self.failures.append(f"{type(error).__name__}: {error} "
+                                         f"({type(cause).__name__}: {cause})")
                 continue
             with self.lock:
                 self.ids.append(request_id)
