@@ -81,7 +81,8 @@ def image(state_dir: Optional[Path] = StateDirOption,
     if one runs; print its reference.
 
     \b
-    Example:  pulumi config set --path inferplane:image.gateway "$(inferplane cluster image)"
+    Example:  pulumi config set --path inferplane:image.gateway \\
+                "$(inferplane cluster image)"
               pulumi config set --path inferplane:ledgerDb.image \\
                 "$(inferplane cluster image --postgres)"
     """
