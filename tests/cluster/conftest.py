@@ -116,3 +116,20 @@ def kube_client_real(real_node_cluster):
     client = kube_config.new_client_from_config(config_file=str(real_node_cluster.kubeconfig))
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def node_postgres_image(real_node_cluster):
+    """The central ledger's PostgreSQL image (Debian's postgresql-17, built here: no registry),
+    imported into the real node's containerd; its reference."""
+    import shutil
+
+    from inferplane.cluster import images
+    from inferplane.cluster.node import RealNode
+
+    for command in ("podman", "mmdebstrap"):
+        require(shutil.which(command) is not None,
+                f"building the PostgreSQL image needs `{command}`: run scripts/install-system-deps")
+    built = images.postgres_image(echo=lambda m: None)
+    RealNode(real_node_cluster.state_dir, echo=lambda m: None).import_image(built.archive)
+    return built.reference

@@ -32,6 +32,8 @@ SECRET = "kubernetes:core/v1:Secret"
 CLOUD_SQL = "gcp:sql/databaseInstance:DatabaseInstance"
 RDS = "aws:rds/instance:Instance"
 SCW_DB = "scaleway:databases/instance:Instance"
+SERVICE = "kubernetes:core/v1:Service"
+CLUSTER_IP = "10.96.0.42"  # what the API server would allocate
 # What the clouds would report as the database's private address.
 PRIVATE_HOSTS = {CLOUD_SQL: ("privateIpAddress", "10.20.0.3"),
                  RDS: ("address", "nemotron-ultra-ledger.abc.eu-central-1.rds.amazonaws.com")}
@@ -51,6 +53,8 @@ class DatabaseMocks(testing.RecordingMocks):
             outputs[key] = value
         if args.typ == SCW_DB:
             outputs["privateNetwork"] = dict(outputs["privateNetwork"], ip="172.16.4.2", port=5432)
+        if args.typ == SERVICE:
+            outputs["spec"] = dict(outputs["spec"], clusterIP=CLUSTER_IP)
         return resource_id, outputs
 
 
@@ -201,8 +205,8 @@ def test_in_cluster_postgres_is_pinned_non_root_persistent_and_reachable_only_by
     assert policy["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/name": "inferplane", "app.kubernetes.io/instance": "nemotron-ultra",
         "app.kubernetes.io/component": "inference"}}}]
-    service = mocks.one("kubernetes:core/v1:Service").inputs
-    assert_dsn_secret(mocks, f"{service['metadata']['name']}.inferplane.svc.cluster.local", "disable")
+    # A local cluster may run no DNS (the real node does not): the DSN names the ClusterIP.
+    assert_dsn_secret(mocks, CLUSTER_IP, "disable")
     for resource in mocks.resources:
         if resource.type.startswith("kubernetes:"):
             assert resource.inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
@@ -381,3 +385,17 @@ def test_every_policy_passes_a_stack_with_the_central_ledger(mocks, stack):
             for resource_type, props in resources:
                 assert check(policy, resource_type, props, provider_props) == [], (
                     policy.name, resource_type)
+
+
+def test_in_cluster_postgres_on_an_existing_cluster_is_found_by_dns_and_its_image_is_configurable(
+        mocks):
+    args = InClusterLedgerDatabaseArgs(config=deployment("existing", "europe-west4"),
+                                       password=PASSWORD, wait_for_ready=False,
+                                       image="registry.example.eu/postgres:17.6-bookworm")
+    testing.run_program(lambda: LedgerDatabase.for_cloud("ledger", args))
+    (container,) = mocks.one("kubernetes:apps/v1:StatefulSet").inputs["spec"]["template"]["spec"][
+        "containers"]
+    assert container["image"] == "registry.example.eu/postgres:17.6-bookworm"
+    service = mocks.one(SERVICE).inputs
+    assert_dsn_secret(mocks, f"{service['metadata']['name']}.inferplane.svc.cluster.local",
+                      "disable")

@@ -96,3 +96,22 @@ def test_mounts_under_lists_only_paths_below_the_roots_deepest_first(tmp_path):
     found = node.mounts_under(Path("/a"), Path("/x"), mounts_file=mounts)
     assert sorted(found) == ["/a/b", "/a/b/c", "/x/y"]
     assert found.index("/a/b/c") < found.index("/a/b")  # a parent is unmounted after its children
+
+
+def test_local_persistent_volume_binds_by_class_on_the_real_node_only(tmp_path):
+    """The cluster runs no provisioner: a claim of the class binds to this PV statically, and
+    only a pod on the real node can use it (a `local` volume needs its node)."""
+    pv = node.local_persistent_volume("ledger", tmp_path / "ledger", 10, "inferplane-local")
+    spec = pv["spec"]
+    assert spec["storageClassName"] == "inferplane-local"
+    assert spec["capacity"] == {"storage": "10Gi"} and spec["accessModes"] == ["ReadWriteOnce"]
+    assert spec["local"] == {"path": str(tmp_path / "ledger")}
+    # Retain: a deleted claim never wipes the ledger's data directory.
+    assert spec["persistentVolumeReclaimPolicy"] == "Retain"
+    (term,) = spec["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "In",
+                                         "values": [node.NODE_NAME]}]
+    real = node.RealNode(tmp_path / "state", echo=lambda m: None)
+    made = real.persistent_volume("cache", 5, "inferplane-local")
+    assert Path(made["spec"]["local"]["path"]).is_dir()
+    assert Path(made["spec"]["local"]["path"]).is_relative_to(tmp_path / "state")

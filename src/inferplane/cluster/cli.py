@@ -72,18 +72,26 @@ def tools(
 
 
 @cluster_app.command()
-def image(state_dir: Optional[Path] = StateDirOption) -> None:
+def image(state_dir: Optional[Path] = StateDirOption,
+          postgres: bool = typer.Option(False, "--postgres",
+                                        help="Build the central ledger's PostgreSQL image (Debian's "
+                                             "postgresql-17) instead of the gateway's.")) -> None:
     """Build the gateway image from the Dockerfile on a Debian base (mmdebstrap + podman, no
     registry), or reuse the build of the same sources; load it into the local cluster's real node
     if one runs; print its reference.
 
-    Example:  pulumi config set --path inferplane:image.gateway "$(inferplane cluster image)"
+    \b
+    Example:  pulumi config set --path inferplane:image.gateway \\
+                "$(inferplane cluster image)"
+              pulumi config set --path inferplane:ledgerDb.image \\
+                "$(inferplane cluster image --postgres)"
     """
     from inferplane.cluster import images
     from inferplane.cluster.node import NodeError, RealNode
 
+    build = images.postgres_image if postgres else images.gateway_image
     try:
-        built = images.gateway_image(echo=lambda m: typer.echo(m, err=True))
+        built = build(echo=lambda m: typer.echo(m, err=True))
     except images.ImageBuildError as error:
         _fail(str(error))
     typer.echo(f"docker-archive: {built.archive}", err=True)

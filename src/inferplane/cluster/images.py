@@ -231,3 +231,98 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
     seconds = time.monotonic() - started
     echo(f"gateway image {reference}: built in {seconds:.0f} s")
     return GatewayImage(reference, archive, round(seconds, 1))
+
+
+# The in-cluster ledger database's PostgreSQL for clusters that reach no registry (the local
+# cluster): Debian's postgresql-17 (trixie, the same major version as the official image the
+# component defaults to), with our entrypoint taking the official image's POSTGRES_* environment.
+# uid/gid 999 as in the official image (the component's securityContext runs it as 999): the
+# user is written before the packages install, so postgresql-common keeps it.
+POSTGRES_SUITE = "trixie"
+POSTGRES_MAJOR = "17"
+POSTGRES_PACKAGES = (f"postgresql-{POSTGRES_MAJOR}", "ca-certificates")
+POSTGRES_MIRRORS = (
+    "deb http://deb.debian.org/debian trixie main",
+    "deb http://deb.debian.org/debian trixie-updates main",
+    "deb http://deb.debian.org/debian-security trixie-security main",
+)
+POSTGRES_UID = 999
+POSTGRES_RECIPE_VERSION = "1"
+POSTGRES_REPOSITORY = "localhost/inferplane-postgres"
+POSTGRES_ENTRYPOINT = Path(__file__).with_name("postgres-entrypoint.sh")
+POSTGRES_ENTRYPOINT_IN_IMAGE = "/usr/local/bin/inferplane-postgres"
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image made here: its reference and a docker-archive for `ctr images import`."""
+
+    reference: str
+    archive: Path
+    built_seconds: float
+
+
+def postgres_key() -> str:
+    """A short hash of the PostgreSQL image's recipe, entrypoint included."""
+    recipe = json.dumps([POSTGRES_RECIPE_VERSION, POSTGRES_SUITE, POSTGRES_PACKAGES,
+                         POSTGRES_MIRRORS, BASE_DPKG_EXCLUDES, POSTGRES_UID,
+                         POSTGRES_ENTRYPOINT.read_text()])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
+def postgres_image(echo: Callable[[str], None] = print) -> BuiltImage:
+    """PostgreSQL from Debian packages (mmdebstrap -> podman import), cached as a docker-archive."""
+    key = postgres_key()
+    reference = f"{POSTGRES_REPOSITORY}:{POSTGRES_MAJOR}-{POSTGRES_SUITE}-{key}"
+    archive = images_dir() / f"postgres-{POSTGRES_MAJOR}-{key}.tar"
+    if archive.exists():
+        echo(f"postgres image {reference}: present")
+        return BuiltImage(reference, archive, 0.0)
+    _require("podman", "podman")
+    _require("mmdebstrap", "mmdebstrap")
+    started = time.monotonic()
+    echo(f"postgres image: mmdebstrap {POSTGRES_SUITE} + postgresql-{POSTGRES_MAJOR} "
+         "(about 2 min)")
+    rootfs = images_dir() / f"postgres-rootfs-{key}.partial"
+    rootfs.unlink(missing_ok=True)
+    uid = POSTGRES_UID
+    _run("mmdebstrap", [
+        "mmdebstrap", "--variant=minbase", "--mode=root",
+        f"--include={','.join(POSTGRES_PACKAGES)}",
+        *[f"--dpkgopt=path-exclude={path}" for path in BASE_DPKG_EXCLUDES],
+        # Before the packages: the postgres user at the official image's uid.
+        f"--essential-hook=echo 'postgres:x:{uid}:{uid}:PostgreSQL administrator:"
+        f"/var/lib/postgresql:/bin/sh' >> \"$1/etc/passwd\"; "
+        f"echo 'postgres:x:{uid}:' >> \"$1/etc/group\"",
+        f"--customize-hook=upload {POSTGRES_ENTRYPOINT} {POSTGRES_ENTRYPOINT_IN_IMAGE}",
+        f"--customize-hook=chmod 0755 \"$1{POSTGRES_ENTRYPOINT_IN_IMAGE}\"",
+        # The package's own cluster (made by its postinst) is not ours: the entrypoint makes one
+        # in PGDATA. The socket directory is a volume in the pod.
+        f"--customize-hook=rm -rf \"$1\"/var/lib/postgresql/{POSTGRES_MAJOR} "
+        f"\"$1\"/etc/postgresql/{POSTGRES_MAJOR} \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
+        "--format=tar", POSTGRES_SUITE, str(rootfs), *POSTGRES_MIRRORS,
+    ])
+    bin_dir = f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin"
+    try:
+        _run("podman import", [
+            "podman", "import",
+            "--change", f"ENV PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            "--change", "ENV PGDATA=/var/lib/postgresql/data",
+            "--change", f"USER {uid}:{uid}",
+            # SIGINT is PostgreSQL's "fast" shutdown: clients are disconnected, data is flushed.
+            "--change", "STOPSIGNAL SIGINT",
+            "--change", f'ENTRYPOINT ["{POSTGRES_ENTRYPOINT_IN_IMAGE}"]',
+            str(rootfs), reference])
+        partial = archive.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        _run("podman save", ["podman", "save", "--format", "docker-archive", "-o", str(partial),
+                             reference])
+        partial.rename(archive)
+    finally:
+        rootfs.unlink(missing_ok=True)
+    for stale in images_dir().glob("postgres-*.tar"):
+        if stale != archive:
+            stale.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    echo(f"postgres image {reference}: built in {seconds:.0f} s")
+    return BuiltImage(reference, archive, round(seconds, 1))

@@ -305,6 +305,26 @@ def processes_using(needle: str) -> list[int]:
     return pids
 
 
+def local_persistent_volume(name: str, path: Path, size_gib: int,
+                            storage_class: str) -> dict[str, Any]:
+    """A `local` PersistentVolume on the real node (the cluster runs no provisioner): a claim of
+    `storage_class` binds to it statically; kubelet applies the pod's fsGroup to it."""
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {REAL_NODE_LABEL: "true"}},
+        "spec": {
+            "capacity": {"storage": f"{size_gib}Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": storage_class,
+            "volumeMode": "Filesystem",
+            "local": {"path": str(path)},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}},
+        },
+    }
+
+
 class RealNode:
     """The node's files and processes, under the cluster's state directory."""
 
@@ -333,6 +353,12 @@ class RealNode:
         else:
             path = archive
         self.ctr("images", "import", "--no-unpack=false", "--snapshotter", "overlayfs", str(path))
+
+    def persistent_volume(self, name: str, size_gib: int, storage_class: str) -> dict[str, Any]:
+        """A directory under the node's state (removed with it) and its `local` PV manifest."""
+        path = self.dir / "volumes" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return local_persistent_volume(name, path, size_gib, storage_class)
 
     def prepare(self, pki: Any, server: str, ca_pem: bytes,
                 kubeconfig_document: Callable[..., dict[str, Any]]) -> dict[str, list[str]]:

@@ -2,9 +2,10 @@
 
 Each cloud gets its managed PostgreSQL (Cloud SQL on GKE, RDS on EKS, Scaleway Managed Database),
 reachable only on the cluster's private network, with backups and deletion protection on. `local`
-and `existing` get one PostgreSQL pod from the official `postgres` image, pinned by tag: a
-StatefulSet needs no operator or CRDs, which a lab cluster or someone else's cluster may not
-allow; the gateways' spools bridge its restarts. Every variant ends in the same place: the
+and `existing` get one PostgreSQL pod from the official `postgres` image, pinned by tag (or the
+image `inferplane:ledgerDb.image` names, e.g. one built from Debian packages by `inferplane cluster
+image --postgres` where no registry is reachable): a StatefulSet needs no operator or CRDs, which a
+lab cluster or someone else's cluster may not allow; the gateways' spools bridge its restarts. Every variant ends in the same place: the
 Secret `<name>-ledger-db` (config.ledger_secret_name) whose key `url` is the DSN, a Pulumi secret,
 which the gateway reads as INFERPLANE_CENTRAL_LEDGER_URL. The password is generated
 (pulumi_random.RandomPassword, a secret in the state) to each cloud's rules unless the secret stack
@@ -169,6 +170,8 @@ class InClusterLedgerDatabaseArgs(LedgerDatabaseArgs):
     """One PostgreSQL pod with a PersistentVolumeClaim, for `local` and `existing`."""
 
     storage_class: Optional[str] = None  # default: the cluster's default StorageClass
+    # Any image with the official one's POSTGRES_* environment, uid 999 and PGDATA contract.
+    image: str = POSTGRES_IMAGE
 
 
 class LedgerDatabase(pulumi.ComponentResource):
@@ -380,7 +383,9 @@ class ScalewayLedgerDatabase(LedgerDatabase):
 
 
 class InClusterLedgerDatabase(LedgerDatabase):
-    """One PostgreSQL pod (official image, pinned) with a PVC, reachable only by the gateways."""
+    """One PostgreSQL pod (official image, pinned, unless `args.image`) with a PVC, reachable
+    only by the gateways. The DSN names the Service by its DNS name; on `cloud: local` by its
+    ClusterIP, which needs no cluster DNS (the local cluster's real node runs none)."""
 
     cloud = "existing"
 
@@ -444,7 +449,7 @@ class InClusterLedgerDatabase(LedgerDatabase):
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "postgres",
-                        "image": POSTGRES_IMAGE,
+                        "image": args.image,
                         "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT}],
                         "env": [
                             {"name": "POSTGRES_USER", "value": USER_NAME},
@@ -472,6 +477,9 @@ class InClusterLedgerDatabase(LedgerDatabase):
                 "volumeClaimTemplates": [volume_claim],
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[password_secret]))
-        host = f"{object_name}.{config.namespace}.svc.cluster.local"
+        host: pulumi.Input[str] = f"{object_name}.{config.namespace}.svc.cluster.local"
+        if config.cloud == "local":
+            # Fixed for the Service's life; a replaced Service re-publishes the DSN Secret.
+            host = service.spec.apply(lambda spec: spec.cluster_ip)
         # Plain TCP inside the cluster: the NetworkPolicy above limits who can connect.
         self._publish(name, host, POSTGRES_PORT, "disable", [service], args.wait_for_ready)

@@ -106,6 +106,7 @@ class LedgerDbOptions(_Options):
     storage_gib: int = Field(20, alias="storageGib", ge=10)
     backup_retention_days: int = Field(7, alias="backupRetentionDays", ge=7, le=35)
     storage_class: Optional[str] = Field(None, alias="storageClass")  # local/existing
+    image: Optional[str] = None  # local/existing: default the official postgres image, pinned
     deletion_protection: bool = Field(True, alias="deletionProtection")  # Cloud SQL, RDS
 
 
@@ -232,7 +233,9 @@ class StackSettings:
                 network = "(the created cluster's Private Network)"  # known once the pool exists
             return db.ScalewayLedgerDatabaseArgs(**common, private_network_id=network,
                                                  project_id=self.options.scaleway.project_id)
-        return db.InClusterLedgerDatabaseArgs(**common, storage_class=options.storage_class)
+        image = {"image": options.image} if options.image else {}
+        return db.InClusterLedgerDatabaseArgs(**common, storage_class=options.storage_class,
+                                              **image)
 
 
 def read_stack_settings(config: Optional[pulumi.Config] = None) -> StackSettings:

@@ -92,6 +92,7 @@ class GatewayApp(Lifecycle, Relaying, Recording):
         self.ledger: Any = None
         self.writer: Any = None
         self.shipper: Any = None  # LedgerShipper when a central ledger is configured
+        self.draining = False  # set by start_draining() (SIGUSR1, the pod's preStop hook)
         self._tasks: list[asyncio.Task] = []
         self._watchers = DisconnectWatchers()
         self.access_log = AccessLog() if settings.access_log else None
@@ -101,6 +102,8 @@ class GatewayApp(Lifecycle, Relaying, Recording):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
+            if self.draining:
+                send = _closing(send)
             path = scope["path"]
             if path.startswith("/v1/"):
                 await self.proxy(scope, receive, send)
@@ -342,3 +345,14 @@ class GatewayApp(Lifecycle, Relaying, Recording):
         await send_body(send, error.status, headers, error.body())
         ex.response_started = ex.response_complete = True
 
+
+def _closing(send: Any) -> Any:
+    """`send` with `Connection: close` on the response, while the pod drains: a keep-alive
+    client then opens its next connection (to a pod still in the Service) instead of reusing this
+    one until shutdown closes it under a request in flight."""
+    async def closing_send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []),
+                                              (b"connection", b"close")]}
+        await send(message)
+    return closing_send

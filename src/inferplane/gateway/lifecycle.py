@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +19,8 @@ from inferplane.gateway.proxy import send_body
 log = logging.getLogger("inferplane.gateway")
 
 BUDGET_REFRESH_SECONDS = 30.0
+# The pod's preStop hook sends this to the gateway (PID 1 of its container) before SIGTERM.
+DRAIN_SIGNAL = signal.SIGUSR1
 _JSON = (b"content-type", b"application/json")
 
 
@@ -48,6 +51,17 @@ class Lifecycle:
         if self.access_log is not None:
             self._tasks.append(asyncio.create_task(self._flush_access_log_forever()))
         await self.upstream.start()
+        try:
+            asyncio.get_running_loop().add_signal_handler(DRAIN_SIGNAL, self.start_draining)
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # not the main thread (a test serving it in a thread): call start_draining()
+
+    def start_draining(self) -> None:
+        """The pod is going: answer not-ready and close each connection after its response, so
+        clients move to other pods before SIGTERM stops this one accepting."""
+        if not self.draining:
+            log.info("draining: /readyz answers 503 and every response closes its connection")
+        self.draining = True
 
     async def shutdown(self) -> None:
         """Stop background work, then commit every record still queued."""
@@ -218,6 +232,8 @@ class Lifecycle:
 
     async def readyz(self, send: Any) -> None:
         problems = []
+        if self.draining:
+            problems.append("draining: the pod is terminating")
         if self.keys is not None and not self.keys.loaded:
             problems.append(f"no keys loaded from {self.keys.path}")
         if self.writer is None:
