@@ -71,6 +71,9 @@ log = logging.getLogger("inferplane.gateway")
 SERVED_PATHS = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 SERVED_LIST = ", ".join(SERVED_PATHS)
 UNKNOWN_MODEL = "(unknown)"  # the model of a record whose request named no served model
+# After a client leaves a stream: how long to read what vLLM had already sent once it was told
+# to stop (it closes within milliseconds of the half-close; the bound is for a hung one).
+UPSTREAM_ABORT_READ_SECONDS = 5.0
 _JSON = (b"content-type", b"application/json")
 
 
@@ -269,6 +272,15 @@ class GatewayApp(Lifecycle, Relaying, Recording):
                         keep_final_usage=fields.include_usage, choices_per_prompt=fields.n)
                 else:
                     await self._relay_body(ex, response, send)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if ex.client_gone and fields.stream and ex.meter is not None and task is not None:
+                    # The client left a stream: stop vLLM by half-closing, and meter what it
+                    # had already sent (still in flight to us) before billing (_client_left).
+                    task.uncancel()
+                    await response.read_rest_after_half_close(ex.meter.feed,
+                                                              UPSTREAM_ABORT_READ_SECONDS)
+                raise
             finally:
                 response.release()
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -116,6 +117,35 @@ class UpstreamResponse:
             if not data:
                 return b"".join(parts)
             parts.append(data)
+
+    async def read_rest_after_half_close(self, consume: Callable[[bytes], object],
+                                         timeout_seconds: float) -> None:
+        """Stop the upstream's work without losing what it already sent: half-close our side
+        (the server reads EOF, treats it as a client gone and aborts, flushing what it had
+        written), then hand every byte still arriving to `consume` until the server closes,
+        at most `timeout_seconds`. Closing outright would discard those bytes unread, and with
+        them the usage of tokens already generated."""
+        transport = self._connection.transport
+        if transport is None or self._connection.closed or self._complete:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._connection.keep_alive = False
+
+        async def rest() -> None:
+            while True:
+                try:
+                    data = await self.readany()
+                except UpstreamError:
+                    return  # the server closed: everything it sent has been consumed
+                if not data:
+                    return
+                consume(data)
+
+        try:
+            await asyncio.wait_for(rest(), timeout_seconds)
+        except asyncio.TimeoutError:
+            pass
 
     def release(self) -> None:
         """Give the connection back (kept alive if the body was read to the end), else close."""
