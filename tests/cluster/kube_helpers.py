@@ -1,10 +1,43 @@
-"""Comparing what we rendered with what the API server stored."""
+"""Comparing what we rendered with what the API server stored, and kubectl against a test cluster."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 
+from kubernetes import client as k8s
 from kubernetes.utils.quantity import parse_quantity
+
+from inferplane.render import LEDGER_DIR
+
+# The gateway's SQLite spool, as rendered (templates/, render.LEDGER_DIR).
+LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
+INFERENCE = "app.kubernetes.io/component=inference"
+
+
+def kubectl(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """kubectl with the test cluster's admin kubeconfig."""
+    return subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=120, check=check)
+
+
+def ledger_usage(cluster, api_client, config, key_id: str) -> dict[str, int]:
+    """The key's usage summed over every gateway's ledger spool, read in the pods themselves."""
+    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(config.namespace,
+                                                         label_selector=INFERENCE).items
+    totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for pod in pods:
+        if not pod.status.pod_ip or pod.metadata.deletion_timestamp:
+            continue
+        usage = kubectl(cluster, "-n", config.namespace, "exec", pod.metadata.name, "-c", "gateway",
+                        "--", "inferplane", "usage", "--ledger", LEDGER_URL, "--by", "key", "-o",
+                        "json")
+        for row in json.loads(usage.stdout)["rows"]:
+            if row["key_id"] == key_id:
+                for field in totals:
+                    totals[field] += row[field]
+    return totals
 
 # The API server stores quantities in canonical form (1024Mi -> 1Gi): same value, other spelling.
 _QUANTITY = re.compile(r"^[0-9.]+(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")

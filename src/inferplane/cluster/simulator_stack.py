@@ -29,18 +29,26 @@ class SmokeTestError(RuntimeError):
     """The deployed service did not answer a chat completion as it should; the message says how."""
 
 
-def simulator_config(image: str, stack_file: Path = LOCAL_STACK_FILE) -> DeploymentConfig:
-    """The `local` stack's deployment config, with the simulator (from `image`) in vLLM's place."""
+def local_stack_config(image: str, stack_file: Path = LOCAL_STACK_FILE,
+                       **sections: Any) -> DeploymentConfig:
+    """The `local` stack's deployment config with our `image` (loaded into the node, never
+    pulled) and the given sections merged over the stack's (e.g. model={"engine": ...})."""
     stack = yaml.safe_load(stack_file.read_text())["config"]
     data: dict[str, Any] = {}
     for key, value in stack.items():
         field = key.removeprefix("inferplane:")
         if field in DeploymentConfig.model_fields:
             data[field] = value
-    data["model"] = {**data.get("model", {}), "engine": "simulator"}
-    # kind loads the image into the node; never pull it from a registry.
-    data["image"] = {**data.get("image", {}), "gateway": image, "pull_policy": "Never"}
-    return from_mapping(data, f"{stack_file} (engine: simulator)")
+    sections["image"] = {**sections.get("image", {}), "gateway": image, "pull_policy": "Never"}
+    for field, value in sections.items():
+        data[field] = {**data.get(field, {}), **value} if isinstance(value, dict) else value
+    engine = data.get("model", {}).get("engine", "vllm")
+    return from_mapping(data, f"{stack_file} (engine: {engine})")
+
+
+def simulator_config(image: str, stack_file: Path = LOCAL_STACK_FILE) -> DeploymentConfig:
+    """The `local` stack's deployment config, with the simulator (from `image`) in vLLM's place."""
+    return local_stack_config(image, stack_file, model={"engine": "simulator"})
 
 
 def keys_secret(config: DeploymentConfig, keys_json: str) -> dict[str, Any]:

