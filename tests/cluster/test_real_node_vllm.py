@@ -64,9 +64,10 @@ def vllm_deployment(real_node_cluster, node_gateway_image, kube_client_real, vll
             simulator_stack.wait_available(kube_client_real, config, timeout_seconds=900)
         except simulator_stack.SmokeTestError as error:
             logs = kubectl(real_node_cluster, "-n", NAMESPACE, "logs", "-l", INFERENCE, "-c",
-                           "vllm", "--tail", "30", check=False)
+                           "vllm", "--tail", "300", check=False)
+            errors = [line for line in logs.stdout.splitlines() if "Error" in line][-8:]
             reasons = pod_reasons(kube_client_real, NAMESPACE, selector_labels(config))
-            pytest.fail(f"{error}\npods: {reasons}\nvLLM's log ends:\n{logs.stdout}{logs.stderr}")
+            pytest.fail(f"{error}\npods: {reasons}\nvLLM's errors:\n" + "\n".join(errors))
         service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, NAMESPACE)
         base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
         yield {"config": config, "key": plaintext, "entry": entry, "base_url": base_url}

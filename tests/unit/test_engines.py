@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -127,6 +128,9 @@ def test_vllm_cpu_renders_production_with_only_the_engine_container_swapped():
     plugin = vllm["args"][vllm["args"].index("--tool-parser-plugin") + 1]
     assert plugin == f"{VLLM_FILES_DIR}/tool_parser.py"
     assert "--reasoning-parser" in vllm["args"] and "--tensor-parallel-size" not in vllm["args"]
+    # The image has no C++ compiler for torch.compile's inductor: eager mode.
+    compilation = vllm["args"][vllm["args"].index("--compilation-config") + 1]
+    assert json.loads(compilation) == {"mode": 0}
     # No GPU: no request, no GPU node selector; the production probes and drain stay.
     assert "nvidia.com/gpu" not in str(vllm["resources"]) and "nodeSelector" not in pod
     assert vllm["startupProbe"]["exec"]["command"][0] == "python3"

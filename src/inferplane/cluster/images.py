@@ -23,10 +23,12 @@ from typing import Callable
 from inferplane.cluster.tools import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-# The base: Debian's python3 (3.11 in bookworm) with venv, nothing else. Changing any of these
-# changes the key, so a new base is built beside the old one.
+# The base: Debian's python3 (3.11 in bookworm) with venv, and libnuma1 (~50 kB), which real
+# vLLM's CPU kernels link against when this image runs the local cluster's `model.engine:
+# vllm-cpu` (docs/local-cluster.md). Changing any of these changes the key, so a new base is
+# built beside the old one.
 BASE_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "libnuma1")
 BASE_MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",
