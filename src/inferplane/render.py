@@ -73,9 +73,13 @@ VLLM_CPU_COMPILATION_MODE_NONE = 0  # vLLM's CompilationMode.NONE: eager PyTorch
 VLLM_CPU_STARTUP_BUDGET_SECONDS = 900
 
 # vLLM binds loopback only, so its probes run inside the container (kubelet probes the pod IP).
+# A failure says why in one line: kubelet puts the output in the pod's Unhealthy event.
 _VLLM_HEALTH_CHECK = (
-    "import urllib.request; "
-    f"urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)"
+    "import sys, urllib.request\n"
+    "try:\n"
+    f"    urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', timeout=5)\n"
+    "except Exception as error:\n"
+    "    sys.exit(f'vLLM /health: {error}')\n"
 )
 # preStop: give the gateway time to stop taking requests, then wait until vLLM has no running or
 # waiting request (or the grace period is nearly spent), so in-flight streams finish. Only a
@@ -268,7 +272,7 @@ def _vllm_cpu_env(config: DeploymentConfig, env: list[dict[str, Any]]) -> list[d
     """The production environment, plus the dev server's (offline, KV-cache size) and the venv."""
     from inferplane.engines import vllm_cpu
 
-    values = {item["name"]: item for item in env if item["name"] != "HF_TOKEN"}
+    values = {item["name"]: item for item in env}
     for name, value in {**vllm_cpu.SERVER_ENV,
                         # transformers copies the checkpoint's config code here (`/models` is
                         # read-only).
@@ -435,7 +439,8 @@ def context(config: DeploymentConfig) -> dict[str, Any]:
     simulator = uses_simulator(config)
     gpu = uses_gpu(config)
     # A pre-filled cache (PVC or node path) is read-only and offline: restarts never touch the net.
-    offline = (config.model_cache.kind in ("pvc", "host_path") and gpu) or not (gpu or simulator)
+    # The CPU engine's checkpoint is on the node: offline too.
+    offline = not simulator and (not gpu or config.model_cache.kind in ("pvc", "host_path"))
     startup_budget = startup_budget_seconds(config)
     env = [
         {"name": "HF_HOME", "value": HF_HOME},

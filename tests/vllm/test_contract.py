@@ -214,8 +214,11 @@ def test_the_rendered_exec_probes_pass_on_vllm_and_fail_without_it(vllm_server):
     with __import__("socket").socket() as unused:
         unused.bind(("127.0.0.1", 0))
         dead = unused.getsockname()[1]
-    failed = subprocess.run(pointed_at(probes[0], dead), capture_output=True, timeout=30)
+    failed = subprocess.run(pointed_at(probes[0], dead), capture_output=True, text=True,
+                            timeout=30)
     assert failed.returncode != 0
+    # One line for the pod's Unhealthy event, not a traceback.
+    assert failed.stderr.startswith("vLLM /health: ") and failed.stderr.count("\n") == 1
 
 
 def test_the_rendered_prestop_drain_waits_for_vllms_running_requests(plane, client,
