@@ -15,12 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferplane.config import examples_dir
 from inferplane.config import load
 from inferplane.ledger import open_ledger
-from inferplane.gateway.testing import (
-    deployment_gateway_settings,
-    gateway_process,
-    running_data_plane,
-)
-from inferplane.simulator import SimulatorSettings, running_simulator
+from inferplane.gateway.testing import gateway_process, running_data_plane
+from inferplane.simulator import SimulatorSettings
+
+from .gateway_on_simulator import gateway_config_on_simulator
 
 QUESTION = [{"role": "user", "content": "Tell me a long story."}]
 SLOW_TOKENS = 60
@@ -142,15 +140,9 @@ def test_metrics_match_known_traffic_and_the_ledger(tmp_path):
 def test_sigkill_loses_no_completed_response_and_duplicates_nothing(tmp_path):
     """Clients hammer a gateway process; it is SIGKILLed mid-traffic and restarted. Every
     response a client received in full has exactly one record."""
-    config_path = tmp_path / "gateway.yaml"
-    with running_simulator() as simulator_url:
-        settings = deployment_gateway_settings(tmp_path, simulator_url)
-        config_path.write_text(settings.to_yaml())
-        from inferplane.gateway.keys import KeysFile, create_key, save_keys_file
-
-        keys_file = KeysFile()
-        secret, _ = create_key(keys_file, tenant="load")
-        save_keys_file(settings.keys_file, keys_file)
+    with gateway_config_on_simulator(tmp_path, tenant="load") as configured:
+        settings, secret = configured.settings, configured.secret
+        config_path = configured.config_path
         completed: list[str] = []
         lock = threading.Lock()
 
