@@ -131,17 +131,19 @@ def vllm_generation_tokens(vllm_url: str) -> float:
     raise AssertionError("vLLM exposes no vllm:generation_tokens_total")
 
 
+@pytest.mark.parametrize("n", [1, 4], ids=["one-choice", "four-choices"])
 def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_step(
-        plane, client):
+        plane, client, n):
     before = vllm_generation_tokens(plane.simulator_url)
+    sampled = {} if n == 1 else {"temperature": 1.0}  # vLLM refuses n > 1 with greedy decoding
     raw = client.chat.completions.with_raw_response.create(
-        **chat_request(plane.model, max_tokens=1500, stream=True))
+        **chat_request(plane.model, max_tokens=1500, n=n, stream=True, **sampled))
     stream = raw.parse()
     received = 0
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.role is None:  # a token, not the role chunk
-            received += 1
-        if received == 20:
+        # a token of any choice, not a role chunk (vLLM sends each choice in a chunk of its own)
+        received += sum(1 for choice in chunk.choices if choice.delta.role is None)
+        if received >= 20:
             break
     stream.close()  # the client goes away
     record = plane.wait_for_record(raw.headers["x-request-id"])
@@ -152,12 +154,13 @@ def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_
             break
         time.sleep(0.2)
     assert record.status == 499 and record.streamed
-    assert received <= record.completion_tokens < 1500
+    assert received <= record.completion_tokens < 1500 * n
     # Everything vLLM sent before it saw the gateway's half-close is metered (on an idle machine,
-    # closing outright billed 20 where vLLM had generated 91); at most the engine step in
-    # flight when it saw it goes unbilled.
-    assert record.completion_tokens <= generated <= record.completion_tokens + 1, (
-        f"billed {record.completion_tokens}, vLLM generated {generated:.0f}")
+    # closing outright billed 20 where vLLM had generated 91; with n=4, noticing the client late
+    # billed 342 of 4,512); at most the engine step in flight when it saw it goes unbilled: one
+    # token for each choice.
+    assert record.completion_tokens <= generated <= record.completion_tokens + n, (
+        f"n={n}: billed {record.completion_tokens}, vLLM generated {generated:.0f}")
 
 
 # -- the metrics we query exist in vLLM ----------------------------------------------------
