@@ -132,8 +132,7 @@ def vllm_generation_tokens(vllm_url: str) -> float:
 
 
 @pytest.mark.parametrize("n", [1, 4], ids=["one-choice", "four-choices"])
-def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_step(
-        plane, client, n):
+def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, client, n):
     before = vllm_generation_tokens(plane.simulator_url)
     sampled = {} if n == 1 else {"temperature": 1.0}  # vLLM refuses n > 1 with greedy decoding
     raw = client.chat.completions.with_raw_response.create(
@@ -154,12 +153,12 @@ def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_
             break
         time.sleep(0.2)
     assert record.status == 499 and record.streamed
-    assert received <= record.completion_tokens < 1500 * n
-    # Everything vLLM sent before it saw the gateway's half-close is metered (on an idle machine,
-    # closing outright billed 20 where vLLM had generated 91; with n=4, noticing the client late
-    # billed 342 of 4,512); at most the engine step in flight when it saw it goes unbilled: one
-    # token for each choice.
-    assert record.completion_tokens <= generated <= record.completion_tokens + n, (
+    assert received <= record.completion_tokens < 1500 * n  # stopped, not run to max_tokens
+    # The gateway stops vLLM through its abort endpoint, so the stream still carries every token
+    # generated. Closing outright billed 20 where vLLM had generated 91; half-closing (vLLM sees
+    # its client gone and drops what it had not yet written) billed 5 to 9 short with n=4 on a
+    # busy CPU.
+    assert record.completion_tokens == generated, (
         f"n={n}: billed {record.completion_tokens}, vLLM generated {generated:.0f}")
 
 
