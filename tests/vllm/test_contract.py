@@ -131,18 +131,21 @@ def vllm_generation_tokens(vllm_url: str) -> float:
     raise AssertionError("vLLM exposes no vllm:generation_tokens_total")
 
 
-@pytest.mark.parametrize("n", [1, 4], ids=["one-choice", "four-choices"])
-def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, client, n):
+def leave_a_stream(plane, create) -> tuple[object, int, float]:
+    """Start a stream with `create` (the openai client's raw-response create), leave it after
+    five chunks; the usage record, the chunks received and what vLLM generated meanwhile. (A
+    lagging vLLM merges steps into fewer, larger chunks: leaving after twenty, on a busy machine
+    the whole 1,500-token answer once came first, status 200.)"""
     before = vllm_generation_tokens(plane.simulator_url)
-    sampled = {} if n == 1 else {"temperature": 1.0}  # vLLM refuses n > 1 with greedy decoding
-    raw = client.chat.completions.with_raw_response.create(
-        **chat_request(plane.model, max_tokens=1500, n=n, stream=True, **sampled))
+    aborts = gateway_upstream_stops(plane, "abort")
+    raw = create()
     stream = raw.parse()
     received = 0
     for chunk in stream:
         # a token of any choice, not a role chunk (vLLM sends each choice in a chunk of its own)
-        received += sum(1 for choice in chunk.choices if choice.delta.role is None)
-        if received >= 20:
+        received += sum(1 for choice in chunk.choices
+                        if getattr(getattr(choice, "delta", None), "role", None) is None)
+        if received >= 5:
             break
     stream.close()  # the client goes away
     record = plane.wait_for_record(raw.headers["x-request-id"])
@@ -152,6 +155,26 @@ def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, 
         if generated >= record.completion_tokens or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    # vLLM was told through its abort endpoint, not by half-closing (which may bill short)
+    assert gateway_upstream_stops(plane, "abort") == aborts + 1
+    return record, received, generated
+
+
+def gateway_upstream_stops(plane, how: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{plane.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "inferplane_gateway_upstream_stops_total" and \
+                    sample.labels.get("how") == how:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("n", [1, 4], ids=["one-choice", "four-choices"])
+def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, client, n):
+    sampled = {} if n == 1 else {"temperature": 1.0}  # vLLM refuses n > 1 with greedy decoding
+    record, received, generated = leave_a_stream(
+        plane, lambda: client.chat.completions.with_raw_response.create(
+            **chat_request(plane.model, max_tokens=1500, n=n, stream=True, **sampled)))
     assert record.status == 499 and record.streamed
     assert received <= record.completion_tokens < 1500 * n  # stopped, not run to max_tokens
     # The gateway stops vLLM through its abort endpoint, so the stream still carries every token
@@ -160,6 +183,17 @@ def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, 
     # busy CPU.
     assert record.completion_tokens == generated, (
         f"n={n}: billed {record.completion_tokens}, vLLM generated {generated:.0f}")
+
+
+def test_a_client_that_leaves_a_batch_of_prompts_pays_every_token_vllm_generated(plane, client):
+    """vLLM numbers a batch's requests by prompt (cmpl-<id>-<i>): every one of them is stopped."""
+    record, received, generated = leave_a_stream(
+        plane, lambda: client.completions.with_raw_response.create(
+            model=plane.model, prompt=["The weather in Paris is", "Two plus two is"],
+            max_tokens=1500, temperature=0.0, stream=True, extra_body={"ignore_eos": True}))
+    assert record.status == 499 and received <= record.completion_tokens < 2 * 1500
+    assert record.completion_tokens == generated, (
+        f"billed {record.completion_tokens}, vLLM generated {generated:.0f}")
 
 
 # -- the metrics we query exist in vLLM ----------------------------------------------------

@@ -308,8 +308,10 @@ class GatewayApp(Lifecycle, Relaying, Recording):
         tokens where one step is 4)."""
         assert ex.meter is not None
         if await self.upstream.abort(vllm_request_ids(ex.path, ex.request_id, prompts)):
+            self.metrics.upstream_stops.labels("abort").inc()
             await response.read_rest(ex.meter.feed, UPSTREAM_ABORT_READ_SECONDS)
         else:
+            self.metrics.upstream_stops.labels("half_close").inc()
             await response.read_rest_after_half_close(ex.meter.feed, UPSTREAM_ABORT_READ_SECONDS)
 
     async def _get(self, ex: Exchange, scope: dict, send: Any,
