@@ -157,6 +157,13 @@ def selector_labels(config: DeploymentConfig) -> dict[str, str]:
     }
 
 
+# What the gateway needs of vLLM: its abort endpoint (POST /inference/v1/abort_requests, served
+# only with this flag), so that a stream whose client left ends as "abort" with every token
+# generated still sent and metered (docs/metering.md). The other scale-out endpoints it brings
+# are on the pod's loopback only, and the gateway forwards none of them.
+GATEWAY_VLLM_ARGS = ("--enable-scale-out",)
+
+
 def vllm_args(config: DeploymentConfig) -> list[str]:
     """The `vllm serve` argument list: catalog defaults, then config, then the user's extras."""
     spec = config.model_spec
@@ -169,6 +176,7 @@ def vllm_args(config: DeploymentConfig) -> list[str]:
         "--max-model-len", str(config.max_model_len),
         "--gpu-memory-utilization", str(config.model.gpu_memory_utilization),
         "--disable-uvicorn-access-log",
+        *GATEWAY_VLLM_ARGS,
     ]
     if config.model.revision:
         args += ["--revision", config.model.revision]

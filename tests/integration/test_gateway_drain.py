@@ -11,24 +11,19 @@ import time
 
 import httpx
 
-from inferplane.gateway.keys import KeysFile, create_key, save_keys_file
-from inferplane.gateway.testing import deployment_gateway_settings, gateway_process
-from inferplane.simulator import running_simulator
+from inferplane.gateway.testing import gateway_process
+
+from .gateway_on_simulator import gateway_config_on_simulator
 
 QUESTION = [{"role": "user", "content": "Hello?"}]
 
 
 def test_sigusr1_drains_not_ready_and_closing_each_connection(tmp_path):
-    config_path = tmp_path / "gateway.yaml"
-    with running_simulator() as simulator_url:
-        settings = deployment_gateway_settings(tmp_path, simulator_url)
-        config_path.write_text(settings.to_yaml())
-        keys_file = KeysFile()
-        secret, _ = create_key(keys_file, tenant="drain")
-        save_keys_file(settings.keys_file, keys_file)
-        body = {"model": settings.models[0].served_name, "messages": QUESTION, "max_tokens": 4}
-        headers = {"Authorization": f"Bearer {secret}"}
-        with gateway_process(config_path) as gateway, httpx.Client(timeout=10) as client:
+    with gateway_config_on_simulator(tmp_path, tenant="drain") as configured:
+        body = {"model": configured.model, "messages": QUESTION, "max_tokens": 4}
+        headers = configured.headers
+        with gateway_process(configured.config_path) as gateway, \
+                httpx.Client(timeout=10) as client:
             before = client.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
             assert before.status_code == 200 and "close" not in before.headers.get("connection", "")
             assert client.get(f"{gateway.url}/readyz").status_code == 200

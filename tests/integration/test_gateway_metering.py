@@ -3,6 +3,7 @@ reservation, /metrics adds up to the ledger, and SIGKILL loses no completed resp
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from decimal import Decimal
@@ -15,12 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from inferplane.config import examples_dir
 from inferplane.config import load
 from inferplane.ledger import open_ledger
-from inferplane.gateway.testing import (
-    deployment_gateway_settings,
-    gateway_process,
-    running_data_plane,
-)
+from inferplane.gateway.testing import gateway_process, running_data_plane
 from inferplane.simulator import SimulatorSettings, running_simulator
+
+from .gateway_on_simulator import gateway_config_on_simulator
 
 QUESTION = [{"role": "user", "content": "Tell me a long story."}]
 SLOW_TOKENS = 60
@@ -142,15 +141,9 @@ def test_metrics_match_known_traffic_and_the_ledger(tmp_path):
 def test_sigkill_loses_no_completed_response_and_duplicates_nothing(tmp_path):
     """Clients hammer a gateway process; it is SIGKILLed mid-traffic and restarted. Every
     response a client received in full has exactly one record."""
-    config_path = tmp_path / "gateway.yaml"
-    with running_simulator() as simulator_url:
-        settings = deployment_gateway_settings(tmp_path, simulator_url)
-        config_path.write_text(settings.to_yaml())
-        from inferplane.gateway.keys import KeysFile, create_key, save_keys_file
-
-        keys_file = KeysFile()
-        secret, _ = create_key(keys_file, tenant="load")
-        save_keys_file(settings.keys_file, keys_file)
+    with gateway_config_on_simulator(tmp_path, tenant="load") as configured:
+        settings, secret = configured.settings, configured.secret
+        config_path = configured.config_path
         completed: list[str] = []
         lock = threading.Lock()
 
@@ -206,3 +199,20 @@ def test_sigkill_loses_no_completed_response_and_duplicates_nothing(tmp_path):
             total = sum((r.cost for r in ledger.records()), Decimal(0))
             assert total == sum((r.cost for r in records), Decimal(0)) + \
                 ledger.records()[-1].cost
+
+
+def test_a_model_server_without_vllms_abort_endpoint_is_not_asked_again():
+    """The simulator has no abort endpoint (vLLM without --enable-scale-out answers 403): the
+    gateway falls back to half-closing, and stops asking."""
+    from inferplane.gateway.proxy import Upstream
+
+    async def ask_twice(url: str) -> tuple[list[bool], bool]:
+        upstream = Upstream(url, 10.0)
+        try:
+            answers = [await upstream.abort(["chatcmpl-gone"]) for _ in range(2)]
+            return answers, upstream.abort_supported
+        finally:
+            await upstream.close()
+
+    with running_simulator() as url:
+        assert asyncio.run(ask_twice(url)) == ([False, False], False)

@@ -403,58 +403,33 @@ def test_optional_objects_follow_config(make_config):
     assert cache["hostPath"]["path"] == "/mnt/models"
 
 
-class _MetricsHandler(http.server.BaseHTTPRequestHandler):
-    """Reports one running request for the first two scrapes, then none."""
+def _metrics_handler(busy_scrapes: int, slow_scrape: int | None = None):
+    """A fake vLLM /metrics (a fresh class: its own scrape count): one running request for the
+    first `busy_scrapes` scrapes, then none; scrape number `slow_scrape` is answered later than
+    the drain script's shortened timeout (a busy vLLM on CPU took 7 s to answer while streaming)."""
 
-    scrapes = 0
+    class Handler(http.server.BaseHTTPRequestHandler):
+        scrapes = 0
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        type(self).scrapes += 1
-        running = 1 if type(self).scrapes <= 2 else 0
-        body = (f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'
-                'vllm:num_requests_waiting{model_name="m"} 0.0\n').encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            type(self).scrapes += 1
+            if type(self).scrapes == slow_scrape:
+                time.sleep(1.0)
+            running = 1 if type(self).scrapes <= busy_scrapes else 0
+            body = (f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'
+                    'vllm:num_requests_waiting{model_name="m"} 0.0\n').encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:
+                pass  # the script gave up on this scrape
 
-    def log_message(self, *args):
-        pass
+        def log_message(self, *args):
+            pass
 
-
-def test_pre_stop_drain_waits_for_running_requests_to_finish():
-    by_name, _ = containers(render(load(EXAMPLE)))
-    command = by_name["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MetricsHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = subprocess.run([sys.executable, "-c", fast_drain(command, server.server_port)],
-                                capture_output=True, timeout=60)
-    finally:
-        server.shutdown()
-    assert result.returncode == 0, result.stderr
-    assert _MetricsHandler.scrapes == 3  # it polled until the running count reached zero
-
-
-class _SlowMetricsHandler(_MetricsHandler):
-    """Busy for three scrapes, the second answered later than the script's timeout (a busy vLLM
-    on CPU took 7 s to answer /metrics while streaming), then idle."""
-
-    scrapes = 0
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        type(self).scrapes += 1
-        if type(self).scrapes == 2:
-            time.sleep(1.0)
-        running = 1 if type(self).scrapes <= 3 else 0
-        body = f'vllm:num_requests_running{{model_name="m"}} {running}.0\n'.encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the script gave up on this scrape
+    return Handler
 
 
 def fast_drain(command: list[str], port: int) -> str:
@@ -464,18 +439,31 @@ def fast_drain(command: list[str], port: int) -> str:
             .replace("timeout=5", "timeout=0.3"))
 
 
-def test_pre_stop_drain_keeps_waiting_when_vllm_is_slow_to_answer():
+def run_drain_against(handler) -> subprocess.CompletedProcess:
+    """The rendered vLLM preStop drain script, shortened, run against a fake /metrics."""
     by_name, _ = containers(render(load(EXAMPLE)))
     command = by_name["vllm"]["lifecycle"]["preStop"]["exec"]["command"]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowMetricsHandler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = subprocess.run([sys.executable, "-c", fast_drain(command, server.server_port)],
-                                capture_output=True, timeout=60)
+        return subprocess.run([sys.executable, "-c", fast_drain(command, server.server_port)],
+                              capture_output=True, timeout=60)
     finally:
         server.shutdown()
+
+
+def test_pre_stop_drain_waits_for_running_requests_to_finish():
+    handler = _metrics_handler(busy_scrapes=2)
+    result = run_drain_against(handler)
     assert result.returncode == 0, result.stderr
-    assert _SlowMetricsHandler.scrapes == 4  # past the slow answer, until the idle one
+    assert handler.scrapes == 3  # it polled until the running count reached zero
+
+
+def test_pre_stop_drain_keeps_waiting_when_vllm_is_slow_to_answer():
+    handler = _metrics_handler(busy_scrapes=3, slow_scrape=2)
+    result = run_drain_against(handler)
+    assert result.returncode == 0, result.stderr
+    assert handler.scrapes == 4  # past the slow answer, until the idle one
 
 
 def test_pre_stop_drain_ends_at_once_when_vllm_is_gone():

@@ -92,14 +92,21 @@ def _serving(checkpoint: Path, tmp_path_factory) -> Iterator[vllm_cpu.VllmServer
 # -- the gateway (production settings) in front of the session's vLLM, a fresh ledger per module --
 
 
-@pytest.fixture(scope="module")
-def plane(vllm_server, tmp_path_factory) -> Iterator[DataPlane]:
-    tmp_path = tmp_path_factory.mktemp("gateway-on-vllm")
-    settings = deployment_gateway_settings(tmp_path, vllm_server.url)
+@contextlib.contextmanager
+def _gateway_in_front_of(server: vllm_cpu.VllmServer, tmp_path_factory,
+                         name: str) -> Iterator[DataPlane]:
+    """The gateway (production settings, empty keys file, fresh ledger) in front of `server`."""
+    settings = deployment_gateway_settings(tmp_path_factory.mktemp(name), server.url)
     keys_path = Path(settings.keys_file)
     save_keys_file(keys_path, KeysFile())
     with running_gateway(settings) as (url, app):
-        yield DataPlane(url, vllm_server.url, app, settings, keys_path)
+        yield DataPlane(url, server.url, app, settings, keys_path)
+
+
+@pytest.fixture(scope="module")
+def plane(vllm_server, tmp_path_factory) -> Iterator[DataPlane]:
+    with _gateway_in_front_of(vllm_server, tmp_path_factory, "gateway-on-vllm") as data_plane:
+        yield data_plane
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +126,9 @@ def direct(vllm_server):
 @pytest.fixture(scope="module")
 def trained_plane(trained_vllm_server, tmp_path_factory) -> Iterator[DataPlane]:
     """The gateway (production settings) in front of the trained checkpoint's vLLM."""
-    tmp_path = tmp_path_factory.mktemp("gateway-on-trained-vllm")
-    settings = deployment_gateway_settings(tmp_path, trained_vllm_server.url)
-    keys_path = Path(settings.keys_file)
-    save_keys_file(keys_path, KeysFile())
-    with running_gateway(settings) as (url, app):
-        yield DataPlane(url, trained_vllm_server.url, app, settings, keys_path)
+    with _gateway_in_front_of(trained_vllm_server, tmp_path_factory,
+                              "gateway-on-trained-vllm") as data_plane:
+        yield data_plane
 
 
 @pytest.fixture(scope="module")

@@ -131,17 +131,21 @@ def vllm_generation_tokens(vllm_url: str) -> float:
     raise AssertionError("vLLM exposes no vllm:generation_tokens_total")
 
 
-def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_step(
-        plane, client):
+def leave_a_stream(plane, create) -> tuple[object, int, float]:
+    """Start a stream with `create` (the openai client's raw-response create), leave it after
+    five chunks; the usage record, the chunks received and what vLLM generated meanwhile. (A
+    lagging vLLM merges steps into fewer, larger chunks: leaving after twenty, on a busy machine
+    the whole 1,500-token answer once came first, status 200.)"""
     before = vllm_generation_tokens(plane.simulator_url)
-    raw = client.chat.completions.with_raw_response.create(
-        **chat_request(plane.model, max_tokens=1500, stream=True))
+    aborts = gateway_upstream_stops(plane, "abort")
+    raw = create()
     stream = raw.parse()
     received = 0
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.role is None:  # a token, not the role chunk
-            received += 1
-        if received == 20:
+        # a token of any choice, not a role chunk (vLLM sends each choice in a chunk of its own)
+        received += sum(1 for choice in chunk.choices
+                        if getattr(getattr(choice, "delta", None), "role", None) is None)
+        if received >= 5:
             break
     stream.close()  # the client goes away
     record = plane.wait_for_record(raw.headers["x-request-id"])
@@ -151,12 +155,44 @@ def test_a_client_that_leaves_mid_stream_pays_what_vllm_generated_to_within_one_
         if generated >= record.completion_tokens or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    # vLLM was told through its abort endpoint, not by half-closing (which may bill short)
+    assert gateway_upstream_stops(plane, "abort") == aborts + 1
+    return record, received, generated
+
+
+def gateway_upstream_stops(plane, how: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{plane.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "inferplane_gateway_upstream_stops_total" and \
+                    sample.labels.get("how") == how:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("n", [1, 4], ids=["one-choice", "four-choices"])
+def test_a_client_that_leaves_mid_stream_pays_every_token_vllm_generated(plane, client, n):
+    sampled = {} if n == 1 else {"temperature": 1.0}  # vLLM refuses n > 1 with greedy decoding
+    record, received, generated = leave_a_stream(
+        plane, lambda: client.chat.completions.with_raw_response.create(
+            **chat_request(plane.model, max_tokens=1500, n=n, stream=True, **sampled)))
     assert record.status == 499 and record.streamed
-    assert received <= record.completion_tokens < 1500
-    # Everything vLLM sent before it saw the gateway's half-close is metered (on an idle machine,
-    # closing outright billed 20 where vLLM had generated 91); at most the engine step in
-    # flight when it saw it goes unbilled.
-    assert record.completion_tokens <= generated <= record.completion_tokens + 1, (
+    assert received <= record.completion_tokens < 1500 * n  # stopped, not run to max_tokens
+    # The gateway stops vLLM through its abort endpoint, so the stream still carries every token
+    # generated. Closing outright billed 20 where vLLM had generated 91; half-closing (vLLM sees
+    # its client gone and drops what it had not yet written) billed 5 to 9 short with n=4 on a
+    # busy CPU.
+    assert record.completion_tokens == generated, (
+        f"n={n}: billed {record.completion_tokens}, vLLM generated {generated:.0f}")
+
+
+def test_a_client_that_leaves_a_batch_of_prompts_pays_every_token_vllm_generated(plane, client):
+    """vLLM numbers a batch's requests by prompt (cmpl-<id>-<i>): every one of them is stopped."""
+    record, received, generated = leave_a_stream(
+        plane, lambda: client.completions.with_raw_response.create(
+            model=plane.model, prompt=["The weather in Paris is", "Two plus two is"],
+            max_tokens=1500, temperature=0.0, stream=True, extra_body={"ignore_eos": True}))
+    assert record.status == 499 and received <= record.completion_tokens < 2 * 1500
+    assert record.completion_tokens == generated, (
         f"billed {record.completion_tokens}, vLLM generated {generated:.0f}")
 
 

@@ -27,15 +27,22 @@ def reasoning_of(message_or_delta) -> str | None:
     return (message_or_delta.model_extra or {}).get("reasoning")
 
 
+def ask(plane, client, how: str, thinking: str):
+    """QUESTION through the gateway, thinking set `how` ("system prompt": "detailed thinking
+    <thinking>", "reasoning_effort": the gateway's knob, else neither); the raw and parsed reply."""
+    messages = [{"role": "system", "content": f"detailed thinking {thinking}"}, QUESTION] \
+        if how == "system prompt" else [QUESTION]
+    effort = {"on": "high", "off": "none"}[thinking]
+    extra = {"reasoning_effort": effort} if how == "reasoning_effort" else {}
+    raw = client.chat.completions.with_raw_response.create(
+        model=plane.model, messages=messages, max_tokens=80, temperature=0.0, **extra)
+    return raw, raw.parse()
+
+
 @pytest.mark.parametrize("how", ["system prompt", "no system prompt", "reasoning_effort"])
 def test_thinking_on_puts_the_models_thought_in_reasoning_and_bills_it(
         trained_plane, trained_client, how):
-    messages = [{"role": "system", "content": "detailed thinking on"}, QUESTION] \
-        if how == "system prompt" else [QUESTION]
-    extra = {"reasoning_effort": "high"} if how == "reasoning_effort" else {}
-    raw = trained_client.chat.completions.with_raw_response.create(
-        model=trained_plane.model, messages=messages, max_tokens=80, temperature=0.0, **extra)
-    reply = raw.parse()
+    raw, reply = ask(trained_plane, trained_client, how, "on")
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "stop"
     assert (reasoning_of(message) or "").strip() == THOUGHT
@@ -67,12 +74,7 @@ def test_thinking_on_streamed_sends_reasoning_deltas_then_content(trained_plane,
 
 @pytest.mark.parametrize("how", ["system prompt", "reasoning_effort"])
 def test_thinking_off_answers_at_once_with_no_reasoning(trained_plane, trained_client, how):
-    messages = [{"role": "system", "content": "detailed thinking off"}, QUESTION] \
-        if how == "system prompt" else [QUESTION]
-    extra = {"reasoning_effort": "none"} if how == "reasoning_effort" else {}
-    raw = trained_client.chat.completions.with_raw_response.create(
-        model=trained_plane.model, messages=messages, max_tokens=80, temperature=0.0, **extra)
-    reply = raw.parse()
+    raw, reply = ask(trained_plane, trained_client, how, "off")
     assert raw.headers["x-inferplane-reasoning"] == "off"
     assert reply.choices[0].message.content.strip() == ANSWER
     assert reasoning_of(reply.choices[0].message) is None

@@ -294,11 +294,14 @@ def _healthy(url: str) -> bool:
 
 def deployment_vllm_args(config: object | None = None) -> list[str]:
     """The model-specific flags production renders for `config` (default: the shipped
-    Nemotron-Ultra example) -- tool-calling and reasoning parsers, chat template -- with our
-    plugin files read from the installed package instead of the ConfigMap mount."""
+    Nemotron-Ultra example) -- tool-calling and reasoning parsers, chat template, the abort
+    endpoint the gateway uses -- with our plugin files read from the installed package instead
+    of the ConfigMap mount."""
     from inferplane.config import examples_dir, load
-    from inferplane.render import NEMOTRON_FILES_DIR, reasoning_parser_args, tool_call_args
+    from inferplane.render import (GATEWAY_VLLM_ARGS, NEMOTRON_FILES_DIR, reasoning_parser_args,
+                                   tool_call_args)
 
     config = config or load(examples_dir() / "nemotron-ultra.yaml")
     files = str(NEMOTRON_FILES_DIR)
-    return tool_call_args(config, files_dir=files) + reasoning_parser_args(config, files_dir=files)
+    return (tool_call_args(config, files_dir=files) + reasoning_parser_args(config, files_dir=files)
+            + list(GATEWAY_VLLM_ARGS))

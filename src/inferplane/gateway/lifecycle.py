@@ -184,24 +184,21 @@ class Lifecycle:
                 log.warning("could not read month-to-date spend from the ledger: %s", error)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
+        steps = {"lifespan.startup": (self.startup, "gateway startup failed"),
+                 "lifespan.shutdown": (self.shutdown, "gateway shutdown lost usage records")}
         while True:
             message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as error:
-                    log.exception("gateway startup failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(error)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await self.shutdown()
-                except Exception as error:
-                    log.exception("gateway shutdown lost usage records")
-                    await send({"type": "lifespan.shutdown.failed", "message": str(error)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
+            if message["type"] not in steps:
+                continue
+            step, failure = steps[message["type"]]
+            try:
+                await step()
+            except Exception as error:
+                log.exception(failure)
+                await send({"type": message["type"] + ".failed", "message": str(error)})
+                return
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
                 return
 
     async def metrics_endpoint(self, send: Any) -> None:

@@ -100,6 +100,11 @@ class GatewayMetrics:
         self.upstream_errors = Counter(f"{PREFIX}_upstream_errors",
                                        "Upstream failures (connect, timeout, 5xx, broken stream)",
                                        ["reason"], registry=r)
+        self.upstream_stops = Counter(
+            f"{PREFIX}_upstream_stops",
+            "Streams stopped upstream because their client left, by how: vLLM's abort endpoint "
+            "(every token generated is billed) or half-close (the fallback; may bill short)",
+            ["how"], registry=r)
         self.ledger_write_failures = Counter(
             f"{PREFIX}_ledger_write_failures",
             "Usage records not committed when their response finished (kept for retry or lost)",

@@ -8,6 +8,7 @@ Only a short allow-list of request headers goes upstream: the client's Authoriza
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from inferplane.gateway.errors import GatewayError, error_body, upstream_error
@@ -21,7 +22,12 @@ from inferplane.gateway.upstream import (
 # Request headers worth passing on: the body's type and trace context.
 FORWARDED_REQUEST_HEADERS = frozenset({b"content-type", b"accept", b"traceparent", b"tracestate"})
 HEALTH_TIMEOUT_SECONDS = 2.0
+# vLLM's own abort (served with --enable-scale-out, render.GATEWAY_VLLM_ARGS): the request ends
+# as "abort" and its stream still carries every token generated and the final usage.
+ABORT_PATH = "/inference/v1/abort_requests"
 _UPSTREAM_ERROR_SNIPPET = 500
+
+log = logging.getLogger("inferplane.gateway")
 
 
 class Upstream:
@@ -33,6 +39,7 @@ class Upstream:
         # Probes and scrapes get their own connections and a short timeout.
         self.probe_client = UpstreamClient(self.base_url, HEALTH_TIMEOUT_SECONDS,
                                            connect_timeout_seconds=HEALTH_TIMEOUT_SECONDS)
+        self.abort_supported = True  # until vLLM answers that it has no abort endpoint
 
     async def start(self) -> None:
         """Nothing to open ahead of time: connections are made on first use."""
@@ -61,6 +68,29 @@ class Upstream:
                 response.release()
         except UpstreamError:
             return 0, b""
+
+    async def abort(self, request_ids: list[str]) -> bool:
+        """Ask vLLM to stop these requests (its ids); False when it cannot be asked: a vLLM
+        without the abort endpoint (403 without --enable-scale-out, 404 on the simulator) is
+        not asked again."""
+        if not self.abort_supported:
+            return False
+        try:
+            response = await self.probe_client.request(
+                "POST", ABORT_PATH, [("content-type", "application/json")],
+                json.dumps({"request_ids": request_ids}).encode())
+            try:
+                await response.read()
+            finally:
+                response.release()
+        except UpstreamError:
+            return False
+        if response.status in (403, 404, 405):
+            self.abort_supported = False
+            log.warning("vLLM has no abort endpoint (%s %d): a client leaving a stream is "
+                        "stopped by closing, which may leave a step or more unbilled; serve "
+                        "vLLM with --enable-scale-out", ABORT_PATH, response.status)
+        return response.status == 200
 
     async def healthy(self) -> bool:
         """vLLM's /health answers 200 (weights loaded, engine running)."""

@@ -118,19 +118,9 @@ class UpstreamResponse:
                 return b"".join(parts)
             parts.append(data)
 
-    async def read_rest_after_half_close(self, consume: Callable[[bytes], object],
-                                         timeout_seconds: float) -> None:
-        """Stop the upstream's work without losing what it already sent: half-close our side
-        (the server reads EOF, treats it as a client gone and aborts, flushing what it had
-        written), then hand every byte still arriving to `consume` until the server closes,
-        at most `timeout_seconds`. Closing outright would discard those bytes unread, and with
-        them the usage of tokens already generated."""
-        transport = self._connection.transport
-        if transport is None or self._connection.closed or self._complete:
-            return
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._connection.keep_alive = False
+    async def read_rest(self, consume: Callable[[bytes], object], timeout_seconds: float) -> None:
+        """Hand every body byte still to come to `consume` until the body ends or the server
+        closes, at most `timeout_seconds`."""
 
         async def rest() -> None:
             while True:
@@ -146,6 +136,21 @@ class UpstreamResponse:
             await asyncio.wait_for(rest(), timeout_seconds)
         except asyncio.TimeoutError:
             pass
+
+    async def read_rest_after_half_close(self, consume: Callable[[bytes], object],
+                                         timeout_seconds: float) -> None:
+        """Stop the upstream's work without losing what it already sent: half-close our side
+        (the server reads EOF, treats it as a client gone and aborts, flushing what it had
+        written), then hand every byte still arriving to `consume` until the server closes,
+        at most `timeout_seconds`. Closing outright would discard those bytes unread, and with
+        them the usage of tokens already generated."""
+        transport = self._connection.transport
+        if transport is None or self._connection.closed or self._complete:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._connection.keep_alive = False
+        await self.read_rest(consume, timeout_seconds)
 
     def release(self) -> None:
         """Give the connection back (kept alive if the body was read to the end), else close."""
