@@ -268,6 +268,7 @@ def vllm_cpu_args(config: DeploymentConfig) -> list[str]:
             *vllm_cpu.server_args(MODEL_CACHE_DIR, VLLM_PORT,
                                   served_model_name=config.served_model_name),
             "--disable-uvicorn-access-log",
+            *GATEWAY_VLLM_ARGS,
             # No torch.compile: its inductor backend builds C++ kernels with g++, which the
             # image does not carry (measured: vLLM then fails at start, InvalidCxxCompiler).
             "--compilation-config", json.dumps({"mode": VLLM_CPU_COMPILATION_MODE_NONE}),

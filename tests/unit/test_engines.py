@@ -128,6 +128,7 @@ def test_vllm_cpu_renders_production_with_only_the_engine_container_swapped():
     plugin = vllm["args"][vllm["args"].index("--tool-parser-plugin") + 1]
     assert plugin == f"{VLLM_FILES_DIR}/tool_parser.py"
     assert "--reasoning-parser" in vllm["args"] and "--tensor-parallel-size" not in vllm["args"]
+    assert "--enable-scale-out" in vllm["args"]  # the abort endpoint the gateway stops streams with
     # The image has no C++ compiler for torch.compile's inductor: eager mode.
     compilation = vllm["args"][vllm["args"].index("--compilation-config") + 1]
     assert json.loads(compilation) == {"mode": 0}
