@@ -43,7 +43,7 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 	$(BIN)/inferplane cluster image --postgres
 
 # The downloads (vLLM x 2, Debian packages) run beside the Go builds: cold, one after the other,
-# they took 70 min on 2 cores before the first test; side by side they overlap.
+# they took 65 min on 2 cores before the first test (docs/testing.md); side by side they overlap.
 test:  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
 	$(MAKE) --jobs=4 --output-sync=line setup-all system-deps tools image
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
