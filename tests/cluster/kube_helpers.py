@@ -1,10 +1,11 @@
-"""Comparing what we rendered with what the API server stored, and kubectl against a test cluster."""
+"""What we rendered vs what the API server stored; kubectl and pod helpers for the test clusters."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+import time
 
 from kubernetes import client as k8s
 from kubernetes.utils.quantity import parse_quantity
@@ -71,3 +72,40 @@ def spec_differences(expected, actual, path="") -> list[str]:
     if expected == actual or _same_quantity(expected, actual):
         return []
     return [f"{path}: rendered {expected!r}, server has {actual!r}"]
+
+
+def running_pods(api_client, namespace: str, selector: str) -> list:
+    """The selector's pods that are not being deleted."""
+    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def service_base_url(api_client, config) -> str:
+    """The deployment's OpenAI base URL through its Service's ClusterIP (kube-proxy's rules)."""
+    service = k8s.CoreV1Api(api_client).read_namespaced_service(config.name, config.namespace)
+    return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
+
+
+def wait_gone(api_client, namespace: str, timeout_seconds: float = 240) -> None:
+    """Until the namespace is gone, so the next deployment starts from nothing."""
+    core = k8s.CoreV1Api(api_client)
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(namespace)
+        except k8s.exceptions.ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        time.sleep(1)
+
+
+def assert_ledger_holds_one_reply(cluster, api_client, config, key_id: str, reply) -> None:
+    """The pods' ledgers hold exactly this reply's usage for the key (records land within
+    seconds of the response)."""
+    expected = {"requests": 1, "prompt_tokens": reply.usage.prompt_tokens,
+                "completion_tokens": reply.usage.completion_tokens}
+    deadline = time.monotonic() + 30
+    while (found := ledger_usage(cluster, api_client, config, key_id)) != expected:
+        assert time.monotonic() < deadline, f"ledger has {found}, expected {expected}"
+        time.sleep(1)

@@ -22,7 +22,8 @@ from inferplane.gateway.keys import KeysFile, create_key
 from inferplane.cluster import tools
 
 from .conftest import REPO_ROOT, require_tools
-from .kube_helpers import kubectl, ledger_usage
+from .kube_helpers import (assert_ledger_holds_one_reply, kubectl, service_base_url,
+                           wait_gone)
 from .pulumi_cli import PulumiCli, project_copy
 
 pytestmark = pytest.mark.cluster
@@ -97,21 +98,7 @@ def simulator_deployment(request, real_node_cluster, node_gateway_image, kube_cl
         yield {"cli": deploy, "config": config, "key": plaintext, "entry": entry}
     finally:
         deploy.destroy()
-        wait_gone(kube_client_real, config)
-
-
-def wait_gone(api_client, config, timeout_seconds: float = 120) -> None:
-    """Until the namespace is gone, so the next deployment starts from nothing."""
-    core = k8s.CoreV1Api(api_client)
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespace(config.namespace)
-        except k8s.exceptions.ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        time.sleep(1)
+        wait_gone(kube_client_real, config.namespace)
 
 
 def test_pods_run_on_the_real_node_as_rendered(simulator_deployment, kube_client_real,
@@ -142,19 +129,13 @@ def test_openai_client_through_the_cluster_ip_and_usage_in_the_ledger(
     import openai
 
     config, key, entry = (simulator_deployment[k] for k in ("config", "key", "entry"))
-    service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, config.namespace)
-    base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
+    base_url = service_base_url(kube_client_real, config)
     reply = simulator_stack.smoke_test(base_url, key, config.served_model_name)
     refused = openai.OpenAI(base_url=base_url, api_key="sk-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         refused.models.list()
 
-    expected = {"requests": 1, "prompt_tokens": reply.usage.prompt_tokens,
-                "completion_tokens": reply.usage.completion_tokens}
-    deadline = time.monotonic() + 30
-    while (found := ledger_usage(real_node_cluster, kube_client_real, config, entry.id)) != expected:
-        assert time.monotonic() < deadline, f"ledger has {found}, expected {expected}"
-        time.sleep(1)
+    assert_ledger_holds_one_reply(real_node_cluster, kube_client_real, config, entry.id, reply)
 
 
 def inference_pods(api_client, config) -> dict[str, tuple[str, int]]:
@@ -172,8 +153,7 @@ def test_key_rotation_reaches_the_running_gateway_without_restart(simulator_depl
     import openai
 
     cli, config, old_key = (simulator_deployment[k] for k in ("cli", "config", "key"))
-    service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, config.namespace)
-    base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
+    base_url = service_base_url(kube_client_real, config)
     before = inference_pods(kube_client_real, config)
     keys_file = KeysFile()
     new_key, new_entry = create_key(keys_file, tenant="acme", name="rotated")

@@ -27,7 +27,7 @@ from inferplane.cluster.node import RealNode
 from inferplane.gateway.keys import KeysFile, create_key
 
 from .conftest import REPO_ROOT, require_tools
-from .kube_helpers import kubectl
+from .kube_helpers import kubectl, running_pods, service_base_url, wait_gone
 from .pulumi_cli import PulumiCli, project_copy
 
 pytestmark = pytest.mark.cluster
@@ -80,28 +80,11 @@ def central_deployment(real_node_cluster, node_gateway_image, node_postgres_imag
         except k8s.exceptions.ApiException:
             pass
         cli.destroy()
-        wait_gone(core, NAMESPACE)
+        wait_gone(kube_client_real, NAMESPACE)
         try:
             core.delete_persistent_volume(LEDGER_VOLUME)
         except k8s.exceptions.ApiException:
             pass
-
-
-def wait_gone(core, namespace: str, timeout_seconds: float = 240) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        try:
-            core.read_namespace(namespace)
-        except k8s.exceptions.ApiException as error:
-            if error.status == 404:
-                return
-            raise
-        time.sleep(1)
-
-
-def base_url(api_client, config) -> str:
-    service = k8s.CoreV1Api(api_client).read_namespaced_service(config.name, config.namespace)
-    return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
 
 
 def central_url(api_client, config) -> str:
@@ -156,11 +139,6 @@ def wait_shipped(api_client, config, ids: set[str], timeout_seconds: float) -> d
         time.sleep(2)
 
 
-def running_pods(api_client, namespace: str, selector: str) -> list:
-    pods = k8s.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items
-    return [p for p in pods if not p.metadata.deletion_timestamp]
-
-
 def test_records_ship_from_the_spool_to_postgres_running_on_the_real_node(
         central_deployment, kube_client_real, real_node_cluster):
     import openai
@@ -180,7 +158,7 @@ def test_records_ship_from_the_spool_to_postgres_running_on_the_real_node(
         f"{config.name}-ledger-postgres", NAMESPACE)
     assert f"@{service.spec.cluster_ip}:5432/" in central_url(kube_client_real, config)
 
-    client = openai.OpenAI(base_url=base_url(kube_client_real, config), api_key=key,
+    client = openai.OpenAI(base_url=service_base_url(kube_client_real, config), api_key=key,
                            max_retries=0, timeout=30)
     served = dict(chat(client, config.served_model_name, stream) for stream in (False, True, False))
     found = wait_shipped(kube_client_real, config, set(served), SLOW_SHIP_SECONDS * 2 + 30)
@@ -198,7 +176,7 @@ def test_deleting_the_gateway_pod_ships_its_spool_and_loses_no_record(
     import openai
 
     config, key = central_deployment["config"], central_deployment["key"]
-    client = openai.OpenAI(base_url=base_url(kube_client_real, config), api_key=key,
+    client = openai.OpenAI(base_url=service_base_url(kube_client_real, config), api_key=key,
                            max_retries=0, timeout=30)
     served: set[str] = set()
     waiting: set[str] = set()
@@ -314,7 +292,8 @@ def test_rolling_update_under_steady_load_fails_no_request_and_loses_no_record(
     cli, config, key = (central_deployment[k] for k in ("cli", "config", "key"))
     before = {p.metadata.name for p in running_pods(kube_client_real, NAMESPACE, INFERENCE)}
     started = datetime.now(timezone.utc)
-    load = SteadyClient(base_url(kube_client_real, config), key, config.served_model_name).start()
+    load = SteadyClient(service_base_url(kube_client_real, config), key,
+                        config.served_model_name).start()
     try:
         deadline = time.monotonic() + 60
         while load.served() < 10:

@@ -11,6 +11,7 @@ GitOps way (the rendered objects and the keys Secret, server-side apply).
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -23,8 +24,8 @@ from inferplane.render import selector_labels
 from inferplane.rollout import pod_reasons
 
 from .conftest import REPO_ROOT, require
-from .kube_helpers import INFERENCE, kubectl, ledger_usage
-from .test_real_node import wait_gone
+from .kube_helpers import (INFERENCE, assert_ledger_holds_one_reply, kubectl, running_pods,
+                           service_base_url, wait_gone)
 
 pytestmark = pytest.mark.cluster
 NAMESPACE = "inferplane-vllm"
@@ -68,14 +69,13 @@ def vllm_deployment(real_node_cluster, node_gateway_image, kube_client_real, vll
             errors = [line for line in logs.stdout.splitlines() if "Error" in line][-8:]
             reasons = pod_reasons(kube_client_real, NAMESPACE, selector_labels(config))
             pytest.fail(f"{error}\npods: {reasons}\nvLLM's errors:\n" + "\n".join(errors))
-        service = k8s.CoreV1Api(kube_client_real).read_namespaced_service(config.name, NAMESPACE)
-        base_url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}/v1"
-        yield {"config": config, "key": plaintext, "entry": entry, "base_url": base_url}
+        yield {"config": config, "key": plaintext, "entry": entry,
+               "base_url": service_base_url(kube_client_real, config)}
     finally:
         core = k8s.CoreV1Api(kube_client_real)
         core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
         core.delete_namespace(NAMESPACE)
-        wait_gone(kube_client_real, config)
+        wait_gone(kube_client_real, NAMESPACE)
 
 
 def client_for(deployment, timeout: float = 120.0):
@@ -86,8 +86,7 @@ def client_for(deployment, timeout: float = 120.0):
 
 
 def running_pod(api_client) -> str:
-    pods = [p for p in k8s.CoreV1Api(api_client).list_namespaced_pod(
-        NAMESPACE, label_selector=INFERENCE).items if not p.metadata.deletion_timestamp]
+    pods = running_pods(api_client, NAMESPACE, INFERENCE)
     assert len(pods) == 1, [p.metadata.name for p in pods]
     return pods[0].metadata.name
 
@@ -123,9 +122,6 @@ def test_tool_call_through_the_cluster_ip_from_the_model_itself(vllm_deployment,
                                                                  real_node_cluster):
     """`tool_choice: auto` on the trained tiny model: the call comes from the model's own
     <TOOLCALL> text, parsed by our plugin in the pod; the ledger holds vLLM's usage."""
-    import json
-    import time
-
     reply = client_for(vllm_deployment).chat.completions.create(
         model=vllm_deployment["config"].served_model_name,
         messages=[REASONING_OFF, {"role": "user", "content": WEATHER_QUESTION}],
@@ -136,13 +132,8 @@ def test_tool_call_through_the_cluster_ip_from_the_model_itself(vllm_deployment,
     assert calls == [(WEATHER_CALL["name"], WEATHER_CALL["arguments"])]
     assert not (choice.message.content or "").strip()
 
-    expected = {"requests": 1, "prompt_tokens": reply.usage.prompt_tokens,
-                "completion_tokens": reply.usage.completion_tokens}
-    deadline = time.monotonic() + 30
     config, entry = vllm_deployment["config"], vllm_deployment["entry"]
-    while (found := ledger_usage(real_node_cluster, kube_client_real, config, entry.id)) != expected:
-        assert time.monotonic() < deadline, f"ledger has {found}, expected {expected}"
-        time.sleep(1)
+    assert_ledger_holds_one_reply(real_node_cluster, kube_client_real, config, entry.id, reply)
 
 
 def test_reasoning_is_kept_apart_by_the_parser_in_the_pod(vllm_deployment):
