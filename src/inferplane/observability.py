@@ -104,7 +104,8 @@ def dashboard(config: DeploymentConfig) -> dict[str, Any]:
 
 
 def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
-    """PrometheusRule groups: model not ready, queue growing, errors, budgets, ledger, spool."""
+    """PrometheusRule groups: model not ready, queue growing, errors, budgets, ledger, spool, and
+    streams stopped without vLLM's abort (billing may fall short)."""
     scope = f'namespace="{config.namespace}"'
     pods = f'{scope},pod=~"{config.name}-.*"'
     # A replica loading its weights is expected to be not ready for the whole startup budget.
@@ -158,6 +159,20 @@ def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
          "annotations": {"summary": "{{ $labels.pod }}'s usage spool is over 80% full: at 100% it "
                                     "refuses requests (503) rather than serve them unmetered"}},
     ]
+    if config.model.engine != "simulator":  # the simulator has no abort endpoint: always half-close
+        rules.append(
+            {"alert": "InferplaneStreamsStoppedWithoutAbort",
+             "expr": (f'sum(increase({GATEWAY}_upstream_stops_total{{{scope},how="half_close"}}'
+                      "[1h])) > 0"),
+             "for": "0m",
+             "labels": {**labels, "severity": "warning"},
+             "annotations": {
+                 "summary": "streams whose clients left were stopped by half-close, not vLLM's "
+                            "abort endpoint: such requests may be billed a few tokens short of "
+                            "what vLLM generated",
+                 "runbook": "the vllm container must run with --enable-scale-out (rendered by "
+                            "inferplane): check a custom image's entrypoint or a patched "
+                            "Deployment"}})
     return [{"name": f"inferplane-{config.name}", "rules": rules}]
 
 

@@ -55,7 +55,12 @@ def test_dashboard_covers_what_an_operator_asks(config):
     alerts = {rule["alert"] for group in alert_rules(config) for rule in group["rules"]}
     assert alerts == {"InferplaneModelNotReady", "InferplaneQueueGrowing", "InferplaneHighErrorRate",
                       "InferplaneBudgetNearlySpent", "InferplaneLedgerWriteFailures",
-                      "InferplaneSpoolNotShipping", "InferplaneSpoolNearlyFull"}
+                      "InferplaneSpoolNotShipping", "InferplaneSpoolNearlyFull",
+                      "InferplaneStreamsStoppedWithoutAbort"}
+    simulated = from_mapping({"cloud": "local", "model": {"engine": "simulator"}})
+    assert "InferplaneStreamsStoppedWithoutAbort" not in {
+        rule["alert"] for group in alert_rules(simulated) for rule in group["rules"]}, \
+        "the simulator always half-closes: the alert would fire on every stream a client leaves"
 
 
 def test_every_metric_queried_is_exposed_by_the_gateway_or_vllm(config, tmp_path):
@@ -91,3 +96,5 @@ def test_every_metric_queried_is_exposed_by_the_gateway_or_vllm(config, tmp_path
             if name not in exposed and name not in families:
                 missing.add(name)
     assert not missing, f"queried but not exposed: {sorted(missing)}"
+    # An alert on increase() misses a series's first event unless the series is there before it.
+    assert 'inferplane_gateway_upstream_stops_total{how="half_close"} 0.0' in exposition

@@ -105,6 +105,9 @@ class GatewayMetrics:
             "Streams stopped upstream because their client left, by how: vLLM's abort endpoint "
             "(every token generated is billed) or half-close (the fallback; may bill short)",
             ["how"], registry=r)
+        # Exposed at 0 from the start: increase() cannot see a series's first event otherwise.
+        for how in ("abort", "half_close"):
+            self.upstream_stops.labels(how)
         self.ledger_write_failures = Counter(
             f"{PREFIX}_ledger_write_failures",
             "Usage records not committed when their response finished (kept for retry or lost)",
