@@ -42,7 +42,7 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 	$(BIN)/inferplane cluster image
 	$(BIN)/inferplane cluster image --postgres
 
-# The downloads (vLLM x 2, Debian packages) run beside the Go builds: cold, one after the other,
+# The downloads (vLLM x 2) and the images run beside the Go builds: cold, one after the other,
 # they took 65 min on 2 cores before the first test; side by side, 58 min, and 88 min for the
 # whole cold .ci/run (docs/testing.md).
 test:  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU

@@ -159,7 +159,9 @@ def alert_rules(config: DeploymentConfig) -> list[dict[str, Any]]:
          "annotations": {"summary": "{{ $labels.pod }}'s usage spool is over 80% full: at 100% it "
                                     "refuses requests (503) rather than serve them unmetered"}},
     ]
-    if config.model.engine != "simulator":  # the simulator has no abort endpoint: always half-close
+    from inferplane.render import uses_simulator  # render imports this module
+
+    if not uses_simulator(config):  # the simulator has no abort endpoint: always half-close
         rules.append(
             {"alert": "InferplaneStreamsStoppedWithoutAbort",
              "expr": (f'sum(increase({GATEWAY}_upstream_stops_total{{{scope},how="half_close"}}'
