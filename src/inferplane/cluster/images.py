@@ -72,10 +72,11 @@ def podman_environment() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def _run(step: str, args: list[str], cwd: Path | None = None) -> str:
+def _run(step: str, args: list[str], cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> str:
     command = ["nice", "-n", "10", *args] if shutil.which("nice") else args
-    result = subprocess.run(command, cwd=cwd, env=podman_environment(), capture_output=True,
-                            text=True)
+    result = subprocess.run(command, cwd=cwd, env=env or podman_environment(),
+                            capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
         raise ImageBuildError(f"{step}: `{' '.join(args[:6])} ...` exited {result.returncode}:\n"

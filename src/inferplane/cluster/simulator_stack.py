@@ -99,11 +99,11 @@ def wait_available(api_client: Any, config: DeploymentConfig, timeout_seconds: f
 
 
 @contextlib.contextmanager
-def port_forward(kubeconfig: Path, config: DeploymentConfig,
-                 timeout_seconds: float = 30) -> Iterator[str]:
+def port_forward(kubeconfig: Path, config: DeploymentConfig, timeout_seconds: float = 30,
+                 kubectl: str = "kubectl") -> Iterator[str]:
     """`kubectl port-forward` to the gateway port of the Deployment; yields the OpenAI base URL."""
     process = subprocess.Popen(
-        ["kubectl", "--kubeconfig", str(kubeconfig), "-n", config.namespace, "port-forward",
+        [kubectl, "--kubeconfig", str(kubeconfig), "-n", config.namespace, "port-forward",
          "--address", "127.0.0.1", f"deployment/{config.name}", f":{config.gateway.port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

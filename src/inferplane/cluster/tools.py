@@ -278,6 +278,22 @@ def _build_kwok(tool: Tool, work: Path, progress: Progress) -> None:
         shutil.copyfile(source / relative, stages / Path(relative).name)
 
 
+def _build_kind(tool: Tool, work: Path, progress: Progress) -> None:
+    _write_wrapper(work, "inferplane.local/tools/kind", {versions.KIND_MODULE: tool.version}, {})
+    _go_build(tool, work, work / "out" / "bin", {"kind": (versions.KIND_MODULE, tool.version)}, [],
+              progress)
+
+
+def kubernetes_module_dir() -> Path:
+    """The pinned Kubernetes source (build/pause and the kind node image read from it)."""
+    return _module_dir("k8s.io/kubernetes", versions.KUBERNETES_VERSION)
+
+
+def kind_module_dir() -> Path:
+    """The pinned kind module's source: its node image files (images/base/files) come from it."""
+    return _module_dir(versions.KIND_MODULE, versions.KIND_VERSION)
+
+
 def _build_pulumi(tool: Tool, work: Path, progress: Progress) -> None:
     _write_wrapper(work, "inferplane.local/tools/pulumi", {versions.PULUMI_MODULE: tool.version},
                    versions.PULUMI_REPLACES)
@@ -377,6 +393,11 @@ CONTAINERD = Tool("containerd", versions.CONTAINERD_VERSION,
                   ("--version",), versions.CONTAINERD_VERSION)
 RUNC = Tool("runc", versions.RUNC_VERSION, ("runc",), _build_runc,
             ("--version",), f"runc version {versions.RUNC_VERSION.lstrip('v')}")
+# kind and what its node image needs beyond the node's binaries: kubeadm and kubectl.
+KIND = Tool("kind", versions.KIND_VERSION, ("kind",), _build_kind, ("version",),
+            f"kind {versions.KIND_VERSION}")
+KUBERNETES_KIND = Tool("kubernetes-kind", versions.KUBERNETES_VERSION, ("kubeadm", "kubectl"),
+                       _build_kubernetes, ("version", "-o", "short"), versions.KUBERNETES_VERSION)
 PULUMI = Tool("pulumi", versions.PULUMI_VERSION, ("pulumi",), _build_pulumi,
               ("version",), versions.PULUMI_VERSION)
 PULUMI_LANGUAGE_PYTHON = Tool("pulumi-language-python", versions.PULUMI_VERSION,
@@ -388,7 +409,8 @@ PULUMI_KUBERNETES = Tool("pulumi-kubernetes", versions.PULUMI_KUBERNETES_VERSION
 CLUSTER_TOOLS = (ETCD, KUBERNETES, KWOK)
 NODE_TOOLS = (CONTAINERD, RUNC, KUBERNETES_NODE)
 PULUMI_TOOLS = (PULUMI, PULUMI_LANGUAGE_PYTHON, PULUMI_KUBERNETES)
-ALL_TOOLS = CLUSTER_TOOLS + NODE_TOOLS + PULUMI_TOOLS
+KIND_TOOLS = (KIND, KUBERNETES_KIND)
+ALL_TOOLS = CLUSTER_TOOLS + NODE_TOOLS + PULUMI_TOOLS + KIND_TOOLS
 TOOLS_BY_NAME = {tool.name: tool for tool in ALL_TOOLS}
 
 

@@ -38,6 +38,12 @@ KWOK_STAGE_FILES = (
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 
+# kind, for `cluster up --backend kind`. Where no Docker engine runs (as in CI here), kind's podman
+# provider runs a node image of our own: kind's node files from this module, the binaries above,
+# and kubeadm + kubectl from KUBERNETES_VERSION (cluster/kind_node.py).
+KIND_MODULE = "sigs.k8s.io/kind"
+KIND_VERSION = "v0.33.0"
+
 # The Pulumi CLI (engine). The proxy serves pkg/v3 at v3.274.x but not v3.272.0, the newest Python
 # SDK on PyPI; a CLI newer than the SDK is the supported direction.
 PULUMI_MODULE = "github.com/pulumi/pulumi/pkg/v3"
