@@ -52,7 +52,8 @@ def test_the_podman_node_runs_the_pinned_kubelet_and_containerd(kind_cluster):
         pytest.skip(f"{NOT_RUN} kind's own node image (docker provider) pins its own versions")
     info = _core(kind_cluster).read_node(f"{kind.CLUSTER_NAME}-control-plane").status.node_info
     assert info.kubelet_version == versions.KUBERNETES_VERSION
-    assert info.container_runtime_version == f"containerd://{versions.CONTAINERD_VERSION.lstrip('v')}"
+    containerd = versions.CONTAINERD_VERSION.lstrip("v")
+    assert info.container_runtime_version == f"containerd://{containerd}"
 
 
 def test_simulator_stack_answers_a_chat_completion_through_the_gateway(kind_cluster):

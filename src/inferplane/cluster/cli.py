@@ -38,9 +38,9 @@ def _local(state_dir: Optional[Path]):
 @cluster_app.command()
 def tools(
     only: str = typer.Option("all", "--only", help="all, cluster (etcd, Kubernetes, kwok), node "
-                                                   "(containerd, runc, kubelet, kube-proxy, pause), "
-                                                   "pulumi (CLI + kubernetes provider) or kind "
-                                                   "(kind, kubeadm, kubectl)."),
+                                                   "(containerd, runc, kubelet, kube-proxy, "
+                                                   "pause), pulumi (CLI + kubernetes provider) "
+                                                   "or kind (kind, kubeadm, kubectl)."),
     check: bool = typer.Option(False, "--check", help="Report what is built; build nothing."),
 ) -> None:
     """Build the pinned tools with `go build` from the Go module proxy, or reuse the cached build.
