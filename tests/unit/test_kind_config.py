@@ -31,7 +31,8 @@ def test_kubeadm_runs_the_etcd_the_node_image_preloads():
 
 def test_the_node_image_has_no_coredns_or_kindnet_so_neither_is_installed():
     config = kind.kind_config("localhost/inferplane-kind-node:test")
-    assert config["nodes"] == [{"role": "control-plane", "image": "localhost/inferplane-kind-node:test"}]
+    assert config["nodes"] == [{"role": "control-plane",
+                                "image": "localhost/inferplane-kind-node:test"}]
     assert config["networking"]["disableDefaultCNI"] is True
     skipped = _patch(config, "InitConfiguration")["skipPhases"]
     assert "addon/coredns" in skipped and "preflight" in skipped

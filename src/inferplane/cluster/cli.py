@@ -101,7 +101,7 @@ def image(state_dir: Optional[Path] = StateDirOption,
 
         try:
             typer.echo(kind_node_image.node_image(echo=lambda m: typer.echo(m, err=True)))
-        except (kind_node_image.KindNodeError, images.ImageBuildError) as error:
+        except images.ImageBuildError as error:  # KindNodeError among them
             _fail(str(error))
         return
     build = images.postgres_image if postgres else images.gateway_image

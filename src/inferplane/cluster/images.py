@@ -72,7 +72,7 @@ def podman_environment() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def _run(step: str, args: list[str], cwd: Path | None = None,
+def run_step(step: str, args: list[str], cwd: Path | None = None,
          env: dict[str, str] | None = None) -> str:
     command = ["nice", "-n", "10", *args] if shutil.which("nice") else args
     result = subprocess.run(command, cwd=cwd, env=env or podman_environment(),
@@ -84,7 +84,7 @@ def _run(step: str, args: list[str], cwd: Path | None = None,
     return result.stdout
 
 
-def _require(command: str, package: str) -> str:
+def require_command(command: str, package: str) -> str:
     found = shutil.which(command)
     if not found:
         raise ImageBuildError(f"`{command}` is not installed: run `apt-get install {package}` "
@@ -92,9 +92,22 @@ def _require(command: str, package: str) -> str:
     return found
 
 
-def _image_exists(reference: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", reference], env=podman_environment(),
-                          capture_output=True).returncode == 0
+def image_exists(reference: str, env: dict[str, str] | None = None) -> bool:
+    return subprocess.run(["podman", "image", "exists", reference],
+                          env=env or podman_environment(), capture_output=True).returncode == 0
+
+
+def debian_rootfs(suite: str, packages: tuple[str, ...], target: Path,
+                  mirrors: tuple[str, ...], hooks: tuple[str, ...] = ()) -> None:
+    """A minimal Debian root filesystem as a tar (mmdebstrap as root), without the docs, locales
+    and apt lists an image has no use for; `hooks` are further mmdebstrap hook options."""
+    run_step("mmdebstrap", [
+        "mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(packages)}",
+        *[f"--dpkgopt=path-exclude={path}" for path in BASE_DPKG_EXCLUDES],
+        *hooks,
+        "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
+        "--format=tar", suite, str(target), *mirrors,
+    ])
 
 
 def base_key() -> str:
@@ -107,27 +120,21 @@ def base_key() -> str:
 def base_image(echo: Callable[[str], None] = print) -> str:
     """The Debian base image's reference, built with mmdebstrap and imported on first use."""
     reference = f"{BASE_REPOSITORY}:{BASE_SUITE}-{base_key()}"
-    _require("podman", "podman")
-    if _image_exists(reference):
+    require_command("podman", "podman")
+    if image_exists(reference):
         echo(f"base image {reference}: present")
         return reference
     tar = images_dir() / f"base-{BASE_SUITE}-{base_key()}.tar"
     started = time.monotonic()
     if not tar.exists():
-        _require("mmdebstrap", "mmdebstrap")
+        require_command("mmdebstrap", "mmdebstrap")
         echo(f"base image: mmdebstrap {BASE_SUITE} + {', '.join(BASE_PACKAGES)} (about 1-2 min)")
         partial = tar.with_suffix(".partial")
         partial.unlink(missing_ok=True)
-        _run("mmdebstrap", [
-            "mmdebstrap", "--variant=minbase", "--mode=root",
-            f"--include={','.join(BASE_PACKAGES)}",
-            *[f"--dpkgopt=path-exclude={path}" for path in BASE_DPKG_EXCLUDES],
-            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-            "--format=tar", BASE_SUITE, str(partial), *BASE_MIRRORS,
-        ])
+        debian_rootfs(BASE_SUITE, BASE_PACKAGES, partial, BASE_MIRRORS)
         partial.rename(tar)
-    _run("podman import", ["podman", "import", "--change", 'CMD ["/bin/bash"]', str(tar),
-                           reference])
+    run_step("podman import", ["podman", "import", "--change", 'CMD ["/bin/bash"]', str(tar),
+                               reference])
     echo(f"base image {reference}: built in {time.monotonic() - started:.0f} s")
     return reference
 
@@ -182,7 +189,7 @@ class GatewayImage:
     built_seconds: float
 
 
-def _remove_stale_tags(current: str, pattern: str = f"{GATEWAY_REPOSITORY}:dev-*") -> None:
+def remove_stale_tags(current: str, pattern: str = f"{GATEWAY_REPOSITORY}:dev-*") -> None:
     """Untag (and so free) the images of earlier inputs matching `pattern` (by default the
     gateway's: podman's store kept one per `make test` run, ~320 MB each, until the disk filled)."""
     listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
@@ -203,7 +210,7 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
     key = hashlib.sha256(f"{base}:{_tree_digest(scratch)}".encode()).hexdigest()[:12]
     reference = f"{GATEWAY_REPOSITORY}:dev-{key}"
     archive = images_dir() / f"gateway-{key}.tar"
-    if archive.exists() and _image_exists(reference):
+    if archive.exists() and image_exists(reference):
         echo(f"gateway image {reference}: present")
         shutil.rmtree(scratch, ignore_errors=True)
         return GatewayImage(reference, archive, 0.0)
@@ -217,20 +224,20 @@ def gateway_image(echo: Callable[[str], None] = print, root: Path = REPO_ROOT) -
     if HOST_CA_BUNDLE.exists():
         trust = ["--volume", f"{HOST_CA_BUNDLE}:{BUILD_CA_BUNDLE}:ro",
                  "--build-arg", f"BUILD_CA_BUNDLE={BUILD_CA_BUNDLE}"]
-    _run("podman build", ["podman", "build", "--isolation=chroot", "--network=host", "--pull=never",
-                          *trust, "--build-arg", f"BASE_IMAGE={base}", "-t", reference,
-                          str(scratch)])
+    run_step("podman build", ["podman", "build", "--isolation=chroot", "--network=host",
+                              "--pull=never", *trust, "--build-arg", f"BASE_IMAGE={base}",
+                              "-t", reference, str(scratch)])
     partial = archive.with_suffix(".partial")
     partial.unlink(missing_ok=True)
-    _run("podman save", ["podman", "save", "--format", "docker-archive", "-o", str(partial),
-                         reference])
+    run_step("podman save", ["podman", "save", "--format", "docker-archive", "-o", str(partial),
+                             reference])
     partial.rename(archive)
     shutil.rmtree(scratch, ignore_errors=True)
     # One archive per source state would fill the disk (~300 MB each): keep the newest only.
     for stale in images_dir().glob("gateway-*.tar"):
         if stale != archive:
             stale.unlink(missing_ok=True)
-    _remove_stale_tags(reference)
+    remove_stale_tags(reference)
     seconds = time.monotonic() - started
     echo(f"gateway image {reference}: built in {seconds:.0f} s")
     return GatewayImage(reference, archive, round(seconds, 1))
@@ -281,18 +288,15 @@ def postgres_image(echo: Callable[[str], None] = print) -> BuiltImage:
     if archive.exists():
         echo(f"postgres image {reference}: present")
         return BuiltImage(reference, archive, 0.0)
-    _require("podman", "podman")
-    _require("mmdebstrap", "mmdebstrap")
+    require_command("podman", "podman")
+    require_command("mmdebstrap", "mmdebstrap")
     started = time.monotonic()
     echo(f"postgres image: mmdebstrap {POSTGRES_SUITE} + postgresql-{POSTGRES_MAJOR} "
          "(about 2 min)")
     rootfs = images_dir() / f"postgres-rootfs-{key}.partial"
     rootfs.unlink(missing_ok=True)
     uid = POSTGRES_UID
-    _run("mmdebstrap", [
-        "mmdebstrap", "--variant=minbase", "--mode=root",
-        f"--include={','.join(POSTGRES_PACKAGES)}",
-        *[f"--dpkgopt=path-exclude={path}" for path in BASE_DPKG_EXCLUDES],
+    debian_rootfs(POSTGRES_SUITE, POSTGRES_PACKAGES, rootfs, POSTGRES_MIRRORS, hooks=(
         # Before the packages: the postgres user at the official image's uid.
         f"--essential-hook=echo 'postgres:x:{uid}:{uid}:PostgreSQL administrator:"
         f"/var/lib/postgresql:/bin/sh' >> \"$1/etc/passwd\"; "
@@ -302,12 +306,11 @@ def postgres_image(echo: Callable[[str], None] = print) -> BuiltImage:
         # The package's own cluster (made by its postinst) is not ours: the entrypoint makes one
         # in PGDATA. The socket directory is a volume in the pod.
         f"--customize-hook=rm -rf \"$1\"/var/lib/postgresql/{POSTGRES_MAJOR} "
-        f"\"$1\"/etc/postgresql/{POSTGRES_MAJOR} \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-        "--format=tar", POSTGRES_SUITE, str(rootfs), *POSTGRES_MIRRORS,
-    ])
+        f"\"$1\"/etc/postgresql/{POSTGRES_MAJOR}",
+    ))
     bin_dir = f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin"
     try:
-        _run("podman import", [
+        run_step("podman import", [
             "podman", "import",
             "--change", f"ENV PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
             "--change", "ENV PGDATA=/var/lib/postgresql/data",
@@ -318,8 +321,8 @@ def postgres_image(echo: Callable[[str], None] = print) -> BuiltImage:
             str(rootfs), reference])
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
-        _run("podman save", ["podman", "save", "--format", "docker-archive", "-o", str(partial),
-                             reference])
+        run_step("podman save", ["podman", "save", "--format", "docker-archive", "-o",
+                                 str(partial), reference])
         partial.rename(archive)
     finally:
         rootfs.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import yaml
 
-from inferplane.cluster import tools
+from inferplane.cluster import images, kind_node, tools
 from inferplane.cluster.local import DEFAULT_STATE_DIR, fake_gpu_node
 
 CLUSTER_NAME = "inferplane"
@@ -57,8 +57,6 @@ def _docker_problem() -> str | None:
 
 def _podman_problem() -> str | None:
     """Why kind's podman provider cannot run here, or None when it can."""
-    from inferplane.cluster import kind_node
-
     if not shutil.which("podman"):
         return "`podman` is not on PATH (apt-get install podman)"
     missing = tools.missing((*tools.KIND_TOOLS, *kind_node.TOOLS))
@@ -109,8 +107,6 @@ def kubectl() -> str:
 
 def _environment(kind_provider: str) -> dict[str, str]:
     if kind_provider == "podman":
-        from inferplane.cluster import kind_node
-
         return kind_node.podman_environment()
     return dict(os.environ)
 
@@ -125,8 +121,6 @@ def _run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
 
 def kind_config(node_image: str) -> dict:
     """The cluster config for our node image (cluster/kind_node.py says why each patch)."""
-    from inferplane.cluster import kind_node
-
     patches = [
         {"kind": "ClusterConfiguration",
          "etcd": {"local": {"imageTag": kind_node.etcd_image_tag()}}},
@@ -180,8 +174,6 @@ def up(kubeconfig: Path | None = None, repo: Path | None = None, deploy: bool = 
     _run([*kubectl_args, "patch", "node", node_name, "--subresource=status", "--type=merge", "-p",
           json.dumps({"status": {"capacity": gpus}})], env)
     if kind_provider == "podman":
-        from inferplane.cluster import images
-
         try:
             built = images.gateway_image(echo=echo, root=repo)
         except images.ImageBuildError as error:
@@ -201,12 +193,9 @@ def up(kubeconfig: Path | None = None, repo: Path | None = None, deploy: bool = 
 
 
 def _node_image(echo: Callable[[str], None]) -> str:
-    from inferplane.cluster import kind_node
-    from inferplane.cluster.images import ImageBuildError
-
     try:
         return kind_node.node_image(echo)
-    except (kind_node.KindNodeError, ImageBuildError) as error:
+    except images.ImageBuildError as error:  # KindNodeError among them
         raise KindError(str(error)) from None
 
 

@@ -55,7 +55,7 @@ TOOLS = (tools.CONTAINERD, tools.RUNC, tools.KUBERNETES_NODE, tools.KUBERNETES,
          tools.ETCD, tools.KUBERNETES_KIND)
 
 
-class KindNodeError(RuntimeError):
+class KindNodeError(images.ImageBuildError):
     """The node image could not be built: the message names the step and what to do."""
 
 
@@ -113,17 +113,12 @@ def podman_environment() -> dict[str, str]:
             "KIND_EXPERIMENTAL_PROVIDER": "podman"}
 
 
-def image_exists(reference: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", reference], env=podman_environment(),
-                          capture_output=True).returncode == 0
-
-
 def node_image(echo: Callable[[str], None] = print) -> str:
     """The node image's reference, built (1-2 min) unless present; the images of earlier
     pins are removed once it is built (about 1 GB each)."""
     reference = node_image_reference()
-    images._require("podman", "podman")
-    if image_exists(reference):
+    images.require_command("podman", "podman")
+    if images.image_exists(reference, podman_environment()):
         echo(f"kind node image {reference}: present")
         return reference
     missing = tools.missing(TOOLS)
@@ -147,30 +142,25 @@ def node_image(echo: Callable[[str], None] = print) -> str:
         _podman("podman rmi", ["rmi", stage])
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    images._remove_stale_tags(reference, f"{NODE_REPOSITORY}:*")
-    images._remove_stale_tags(base, f"{NODE_REPOSITORY}-base:*")
+    images.remove_stale_tags(reference, f"{NODE_REPOSITORY}:*")
+    images.remove_stale_tags(base, f"{NODE_REPOSITORY}-base:*")
     echo(f"kind node image {reference}: built in {time.monotonic() - started:.0f} s")
     return reference
 
 
 def _podman(step: str, args: list[str]) -> str:
-    return images._run(step, ["podman", *args], env=podman_environment())
+    return images.run_step(step, ["podman", *args], env=podman_environment())
 
 
 def _base_image(work: Path, echo: Callable[[str], None]) -> str:
     """Debian with systemd and what kubelet, kube-proxy and kind's entrypoint call."""
     reference = f"{NODE_REPOSITORY}-base:{NODE_SUITE}-{node_key()}"
-    if image_exists(reference):
+    if images.image_exists(reference, podman_environment()):
         return reference
-    images._require("mmdebstrap", "mmdebstrap")
+    images.require_command("mmdebstrap", "mmdebstrap")
     echo(f"kind node image: mmdebstrap {NODE_SUITE} with systemd (about 2 min)")
     tar = work / "base.tar"
-    images._run("mmdebstrap", [
-        "mmdebstrap", "--variant=minbase", "--mode=root", f"--include={','.join(NODE_PACKAGES)}",
-        *[f"--dpkgopt=path-exclude={path}" for path in images.BASE_DPKG_EXCLUDES],
-        "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*",
-        "--format=tar", NODE_SUITE, str(tar), *images.BASE_MIRRORS,
-    ])
+    images.debian_rootfs(NODE_SUITE, NODE_PACKAGES, tar, images.BASE_MIRRORS)
     _podman("podman import", ["import", "--change", 'CMD ["/bin/bash"]', str(tar), reference])
     tar.unlink()
     return reference
